@@ -1,0 +1,351 @@
+"""Configuration: the YAML file operators write, validated by pydantic.
+
+The names here are a contract operators script against (see the README): keep them.
+Every model forbids unknown keys so a typo is an error naming the field, not a silently
+ignored setting.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from streamwarden.policy.backoff import BackoffPolicy, JitterMode
+from streamwarden.policy.breaker import BreakerPolicy
+from streamwarden.policy.classify import Rule, rule_from_mapping
+from streamwarden.policy.quarantine import QuarantinePolicy
+from streamwarden.redact import redact
+
+STREAM_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Transport(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+    AUTO = "auto"
+
+
+class RecordFormat(StrEnum):
+    MKV = "mkv"
+    MP4 = "mp4"
+
+
+class FileSource(_Model):
+    """A local MP4/MKV/TS file played in a seamless loop, as if it were a live camera."""
+
+    type: Literal["file"]
+    path: str = Field(min_length=1)
+
+
+class RtspSource(_Model):
+    """An RTSP camera; credentials may be in the URI or in the fields."""
+
+    type: Literal["rtsp"]
+    uri: str
+    transport: Transport = Transport.AUTO
+    username: str | None = None
+    password: SecretStr | None = None
+    latency_ms: int = Field(default=200, ge=0, le=10_000)
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("uri")
+    @classmethod
+    def _rtsp_uri(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("rtsp", "rtsps", "rtspt") or not parts.hostname:
+            raise ValueError("must be an rtsp://host[:port]/path URL")
+        _check_port(parts.port if _port_is_numeric(value) else -1)
+        return value
+
+
+class HttpSource(_Model):
+    """An MP4/MKV/MPEG-TS resource over HTTP(S); reconnected whenever it ends or fails."""
+
+    type: Literal["http"]
+    uri: str
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("uri")
+    @classmethod
+    def _http_uri(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s)://host[:port]/path URL")
+        _check_port(parts.port if _port_is_numeric(value) else -1)
+        return value
+
+
+def _port_is_numeric(url: str) -> bool:
+    try:
+        urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return True
+
+
+def _check_port(port: int | None) -> None:
+    if port is not None and not 0 < port < 65536:
+        raise ValueError("has an invalid port")
+
+
+SourceSpec = Annotated[FileSource | RtspSource | HttpSource, Field(discriminator="type")]
+
+
+class BackoffConfig(_Model):
+    initial_seconds: float = Field(default=1.0, gt=0, le=3600)
+    multiplier: float = Field(default=2.0, ge=1.0, le=10.0)
+    max_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    jitter: JitterMode = JitterMode.FULL
+    max_attempts: int | None = Field(default=None, ge=1)
+    reset_after_seconds: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _cap_not_below_initial(self) -> BackoffConfig:
+        if self.max_seconds < self.initial_seconds:
+            raise ValueError("max_seconds must be >= initial_seconds")
+        return self
+
+    def to_policy(self) -> BackoffPolicy:
+        return BackoffPolicy(
+            initial_seconds=self.initial_seconds,
+            multiplier=self.multiplier,
+            max_seconds=self.max_seconds,
+            jitter=self.jitter,
+            max_attempts=self.max_attempts,
+            reset_after_seconds=self.reset_after_seconds,
+        )
+
+
+class BreakerConfig(_Model):
+    failure_threshold: int = Field(default=5, ge=1, le=1000)
+    open_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    open_multiplier: float = Field(default=2.0, ge=1.0, le=10.0)
+    max_open_seconds: float = Field(default=600.0, gt=0, le=86_400)
+
+    def to_policy(self) -> BreakerPolicy:
+        return BreakerPolicy(
+            failure_threshold=self.failure_threshold,
+            open_seconds=self.open_seconds,
+            open_multiplier=self.open_multiplier,
+            max_open_seconds=self.max_open_seconds,
+        )
+
+
+class QuarantineConfig(_Model):
+    trips: int = Field(default=3, ge=1, le=1000)
+    window_seconds: float = Field(default=600.0, gt=0)
+    quarantine_seconds: float = Field(default=1800.0, gt=0)
+
+    def to_policy(self) -> QuarantinePolicy:
+        return QuarantinePolicy(
+            trips=self.trips,
+            window_seconds=self.window_seconds,
+            quarantine_seconds=self.quarantine_seconds,
+        )
+
+
+class RecoveryConfig(_Model):
+    backoff: BackoffConfig = Field(default_factory=BackoffConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    quarantine: QuarantineConfig = Field(default_factory=QuarantineConfig)
+    # No new frame for this long while connected -> STALLED -> recovery.
+    stall_timeout_seconds: float = Field(default=5.0, gt=0, le=3600)
+
+
+class RecordConfig(_Model):
+    dir: str = Field(min_length=1)
+    format: RecordFormat = RecordFormat.MKV
+    segment_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    segment_bytes: int | None = Field(default=None, gt=0)
+
+
+class StreamSpec(_Model):
+    id: str = Field(pattern=STREAM_ID_PATTERN)
+    source: SourceSpec
+    serve: bool = False
+    record: RecordConfig | None = None
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    enabled: bool = True
+
+
+class ApiConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, lt=65536)
+    token: SecretStr | None = None
+    # GET endpoints (and /metrics) answer without a token; changes still need it.
+    read_only_open: bool = False
+
+
+class RtspServerConfig(_Model):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8554, ge=0, lt=65536)
+
+
+class ReconnectBudgetConfig(_Model):
+    """Global token bucket: caps how many streams may (re)connect per second."""
+
+    rate_per_second: float = Field(default=10.0, gt=0, le=10_000)
+    burst: int = Field(default=10, ge=1, le=10_000)
+
+
+class EngineConfig(_Model):
+    reconnect_budget: ReconnectBudgetConfig = Field(default_factory=ReconnectBudgetConfig)
+    # Extra classification rules, checked before the built-in table (see policy.classify.Rule).
+    error_rules: list[dict[str, Any]] = Field(default_factory=list)
+    # A pipeline whose NULL state change takes longer than this is abandoned (logged, counted).
+    teardown_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    event_ring_size: int = Field(default=200, ge=10, le=100_000)
+
+    @field_validator("error_rules")
+    @classmethod
+    def _rules_parse(cls, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, rule in enumerate(rules):
+            try:
+                rule_from_mapping(rule)
+            except ValueError as exc:
+                raise ValueError(f"rule {index}: {exc}") from exc
+        return rules
+
+    def rules(self) -> list[Rule]:
+        return [rule_from_mapping(rule) for rule in self.error_rules]
+
+
+class Config(_Model):
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    rtsp_server: RtspServerConfig = Field(default_factory=RtspServerConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    streams: list[StreamSpec] = Field(default_factory=list)
+
+    @field_validator("streams")
+    @classmethod
+    def _unique_ids(cls, streams: list[StreamSpec]) -> list[StreamSpec]:
+        seen: set[str] = set()
+        for stream in streams:
+            if stream.id in seen:
+                raise ValueError(f"duplicate stream id {stream.id!r}")
+            seen.add(stream.id)
+        return streams
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``errors`` holds one redacted line per problem."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("file", "rtsp", "http") and out.endswith("source"):
+            continue  # discriminator tag: pydantic's own path noise
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(root)"
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One line per problem: ``field.path: message (got 'value')``, credentials redacted."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        where = _location(tuple(error["loc"]))
+        message = error["msg"].removeprefix("Value error, ")
+        value = error.get("input")
+        shown = ""
+        if error["type"] != "missing" and not isinstance(value, dict | list):
+            shown = f" (got {redact(repr(value))})"
+        lines.append(redact(f"{where}: {message}{shown}"))
+    return lines
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(root): must be a mapping with api, rtsp_server, engine, streams"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(exc)) from None
+
+
+def parse_stream_spec(data: Any, source: str = "stream") -> StreamSpec:
+    try:
+        return StreamSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config; raises ConfigError naming every bad field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [f"invalid YAML: {where}{redact(str(problem))}"]) from None
+    config = parse_config(data, str(path))
+    return resolve_relative_paths(config, path.parent)
+
+
+def resolve_relative_paths(config: Config, base: Path) -> Config:
+    """Relative file and recording paths are relative to the config file, not the cwd."""
+    for stream in config.streams:
+        if isinstance(stream.source, FileSource) and not Path(stream.source.path).is_absolute():
+            stream.source.path = str(base / stream.source.path)
+        if stream.record is not None and not Path(stream.record.dir).is_absolute():
+            stream.record.dir = str(base / stream.record.dir)
+    return config
+
+
+def rtsp_credentials(source: RtspSource) -> tuple[str | None, str | None, str]:
+    """Split credentials from the URI; fields win over the URI. Returns (user, password, bare_uri)."""
+    parts = urlsplit(source.uri)
+    user = source.username or parts.username
+    password = source.password.get_secret_value() if source.password else parts.password
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port:
+        netloc += f":{parts.port}"
+    bare = parts._replace(netloc=netloc).geturl()
+    return user, password, bare
+
+
+def redacted_spec(spec: StreamSpec) -> dict[str, Any]:
+    """The spec as JSON-ready data with every credential hidden (for API, events, logs)."""
+    data = spec.model_dump(mode="json")
+    source = data.get("source", {})
+    if source.get("password"):
+        source["password"] = "***"
+    for key in ("uri", "path"):
+        if isinstance(source.get(key), str):
+            source[key] = redact(source[key])
+    return data

@@ -1,0 +1,220 @@
+"""The engine: many supervised streams on one GLib loop thread, driven through a Python API.
+
+Every public method is thread-safe: it marshals its work onto the loop thread and waits
+for the result, so callers (CLI, REST API, tests) never touch GStreamer objects. An engine
+holds no module-level state; several can run in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import gi
+
+gi.require_version("Gst", "1.0")
+from gi.repository import Gst  # noqa: E402
+
+from streamwarden.config import EngineConfig, RecoveryConfig, SourceSpec, StreamSpec, redacted_spec  # noqa: E402
+from streamwarden.health import HealthSnapshot  # noqa: E402
+from streamwarden.media.loop import LoopThread  # noqa: E402
+from streamwarden.media.pipeline import DisposalStats  # noqa: E402
+from streamwarden.policy.classify import Classifier  # noqa: E402
+from streamwarden.policy.token_bucket import TokenBucket  # noqa: E402
+from streamwarden.state import StreamState, TransitionEvent  # noqa: E402
+from streamwarden.stream import EngineServices, StreamSupervisor, source_kind  # noqa: E402
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TICK_SECONDS = 0.25
+CALL_TIMEOUT = 15.0
+
+
+class StreamNotFoundError(KeyError):
+    """No stream with that id."""
+
+
+class StreamExistsError(ValueError):
+    """A stream with that id is already running."""
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        name: str = "streamwarden",
+    ) -> None:
+        Gst.init(None)
+        self.config = config or EngineConfig()
+        self.loop = LoopThread(name=f"{name}-glib")
+        self._streams: dict[str, StreamSupervisor] = {}
+        self._listeners: list[Callable[[str, TransitionEvent], None]] = []
+        self.disposal = DisposalStats()
+        budget = self.config.reconnect_budget
+        self.services = EngineServices(
+            loop=self.loop,
+            classifier=Classifier(self.config.rules()),
+            budget=TokenBucket(budget.rate_per_second, budget.burst, clock),
+            disposal=self.disposal,
+            teardown_timeout=self.config.teardown_timeout_seconds,
+            event_ring_size=self.config.event_ring_size,
+            clock=clock,
+            rng=rng,
+            on_event=self._dispatch_event,
+        )
+        self._started = False
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._started:
+            return
+        self.loop.start()
+        self.loop.call_sync(lambda: self.loop.timeout(TICK_SECONDS, self._tick))
+        self._started = True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every stream (closing recordings), then the loop; bounded by ``timeout``."""
+        if not self._started:
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            self.loop.call_sync(self._stop_all, timeout=timeout)
+        except TimeoutError:
+            log.error("engine stop: streams did not stop within %.1f s", timeout)
+        # Give disposal threads (recording finalisation) their bounded time.
+        while self.pending_disposals() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.loop.stop(timeout=max(0.5, deadline - time.monotonic()))
+        self._started = False
+
+    def __enter__(self) -> Engine:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def pending_disposals(self) -> int:
+        import threading
+
+        return sum(1 for t in threading.enumerate() if t.name.startswith("dispose-") and t.is_alive())
+
+    def add_listener(self, listener: Callable[[str, TransitionEvent], None]) -> None:
+        """Called (on the loop thread) for every state transition of every stream."""
+        self._listeners.append(listener)
+
+    # -- stream control ------------------------------------------------------------------------
+    def add_stream(self, spec: StreamSpec) -> None:
+        def _add() -> None:
+            if spec.id in self._streams:
+                raise StreamExistsError(spec.id)
+            supervisor = StreamSupervisor(spec, self.services)
+            self._streams[spec.id] = supervisor
+            supervisor._guarded(supervisor.start)
+
+        self._call(_add)
+
+    def remove_stream(self, stream_id: str) -> None:
+        def _remove() -> None:
+            supervisor = self._get(stream_id)
+            supervisor.stop("removed")
+            del self._streams[stream_id]
+
+        self._call(_remove)
+
+    def update_stream(self, spec: StreamSpec) -> None:
+        self._call(lambda: self._get(spec.id).update_spec(spec))
+
+    def replace_source(self, stream_id: str, source: SourceSpec) -> None:
+        def _replace() -> None:
+            supervisor = self._get(stream_id)
+            supervisor.update_spec(supervisor.spec.model_copy(update={"source": source}))
+
+        self._call(_replace)
+
+    def set_recovery(self, stream_id: str, recovery: RecoveryConfig) -> None:
+        self._call(lambda: self._get(stream_id).apply_recovery(recovery))
+
+    def resume(self, stream_id: str) -> None:
+        self._call(lambda: self._get(stream_id).resume())
+
+    def restart(self, stream_id: str) -> None:
+        self._call(lambda: self._get(stream_id).restart())
+
+    def stop_stream(self, stream_id: str) -> None:
+        self._call(lambda: self._get(stream_id).stop())
+
+    # -- reading -------------------------------------------------------------------------------
+    def stream_ids(self) -> list[str]:
+        return self._call(lambda: list(self._streams))
+
+    def state(self, stream_id: str) -> StreamState:
+        return self._call(lambda: self._get(stream_id).state)
+
+    def health(self, stream_id: str) -> HealthSnapshot:
+        return self._call(lambda: self._get(stream_id).health.snapshot())
+
+    def events(self, stream_id: str) -> list[TransitionEvent]:
+        return self._call(lambda: list(self._get(stream_id).machine.events))
+
+    def spec(self, stream_id: str) -> StreamSpec:
+        return self._call(lambda: self._get(stream_id).spec)
+
+    def info(self, stream_id: str) -> dict[str, Any]:
+        return self._call(lambda: self._info(self._get(stream_id)))
+
+    def list_streams(self) -> list[dict[str, Any]]:
+        return self._call(lambda: [self._info(s) for s in self._streams.values()])
+
+    def transition_counts(self, stream_id: str) -> dict[str, int]:
+        def _counts() -> dict[str, int]:
+            counts = self._get(stream_id).machine.counts
+            return {f"{a}->{b}": n for (a, b), n in counts.items()}
+
+        return self._call(_counts)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _info(self, supervisor: StreamSupervisor) -> dict[str, Any]:
+        description = supervisor.describe()
+        return {
+            "id": supervisor.id,
+            "source_type": source_kind(supervisor.spec),
+            "state": description.pop("state"),
+            **description,
+            "spec": redacted_spec(supervisor.spec),
+            "health": supervisor.health.snapshot().as_dict(),
+        }
+
+    def _get(self, stream_id: str) -> StreamSupervisor:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise StreamNotFoundError(stream_id) from None
+
+    def _call(self, func: Callable[[], T]) -> T:
+        if not self._started:
+            raise RuntimeError("engine is not started")
+        return self.loop.call_sync(func, timeout=CALL_TIMEOUT)
+
+    def _tick(self) -> bool:
+        for supervisor in list(self._streams.values()):
+            supervisor._guarded(supervisor.tick)
+        return True
+
+    def _stop_all(self) -> None:
+        for supervisor in list(self._streams.values()):
+            supervisor._guarded(lambda s=supervisor: s.stop("engine shutdown"))  # type: ignore[misc]
+
+    def _dispatch_event(self, stream_id: str, event: TransitionEvent) -> None:
+        for listener in self._listeners:
+            try:
+                listener(stream_id, event)
+            except Exception:
+                log.exception("[%s] event listener failed", stream_id)

@@ -1,0 +1,417 @@
+"""Play a media file (or an HTTP stream) forever as a live-looking, encoded pass-through source.
+
+Inside the bin: ``reader ! typefind ! demuxer`` → ``h264parse``/``h265parse`` → ghost pad ``src``.
+At each end of file the reader, typefind and demuxer are torn down and rebuilt, while the parser
+and the ghost pad stay, so downstream sees one endless stream. This is the technique measured in
+the shared notes ("Looping a file as a live stream"): segment seeks repeat a timestamp at every
+wrap and keep the old file open, whereas a rebuild is seamless and notices a deleted, truncated
+or replaced file at the next reopen (the reader/demuxer then posts the ERROR itself).
+
+How the wrap stays seamless: a probe on every demuxer pad drops EOS and the repeated
+STREAM_START, and records the largest running-time end of what it forwarded. Each new demuxer
+pad is shifted with ``Gst.Pad.set_offset`` by ONE offset shared by all its pads (the running
+time where the previous loop ended), so running time keeps increasing while raw PTS restarts.
+
+Threading: pad probes, ``pad-added`` and ``have-type`` run on streaming threads, where changing
+element state can deadlock; they only record and call ``schedule()``. Every add/remove/link of
+an element and every state change runs in a callable on the engine's loop thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from streamwarden.media.gst import GLib, Gst
+
+__all__ = ["LoopingFileSource"]
+
+_logger = logging.getLogger(__name__)
+
+Schedule = Callable[[Callable[[], None]], None]
+
+# Container caps (as typefind names them) → demuxer.
+_DEMUXERS = {
+    "video/quicktime": "qtdemux",
+    "video/x-matroska": "matroskademux",
+    "video/webm": "matroskademux",
+    "video/mpegts": "tsdemux",
+}
+# Video caps → (codec name exposed as ``codec``, parser factory).
+_PARSERS = {"video/x-h264": ("h264", "h264parse"), "video/x-h265": ("h265", "h265parse")}
+
+_NONE = Gst.CLOCK_TIME_NONE
+_BLOCK_DATA = Gst.PadProbeType.BLOCK | Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST
+
+
+class _Role(Enum):
+    PENDING = "pending"  # first buffer not yet handled on the loop thread
+    VIDEO = "video"  # linked to the parser; its data counts for the next offset
+    DROPPED = "dropped"  # audio, extra tracks, subtitles: dropped inside the bin for now
+
+
+@dataclass(eq=False)
+class _DemuxPad:
+    """Per demuxer pad bookkeeping, written by that pad's streaming thread."""
+
+    pad: Gst.Pad
+    role: _Role = _Role.PENDING
+    attach_scheduled: bool = False
+    segment: Gst.Segment | None = None
+    eos: bool = False
+    last_ts: int = _NONE
+    # Smallest positive step between timestamps: stands in for buffer durations that the
+    # demuxer leaves unset (tsdemux sets none), so the next loop starts one frame later.
+    frame_step: int = _NONE
+
+
+@dataclass(eq=False)
+class _Loop:
+    """One pass over the file: the elements rebuilt at every wrap and what they produced."""
+
+    index: int
+    offset: int  # running-time shift applied to every pad of this pass
+    reader: Gst.Element
+    typefind: Gst.Element
+    demuxer: Gst.Element | None = None
+    demuxer_scheduled: bool = False
+    pads: list[_DemuxPad] = field(default_factory=list)
+    max_end: int = 0  # largest running-time end forwarded, offset included
+    ended: bool = False  # every pad hit EOS and the wrap was scheduled
+    wrap_started: float | None = None  # monotonic time the previous pass ended (rebuild timing)
+
+
+class LoopingFileSource(Gst.Bin):
+    """A file or HTTP URL played forever, pass-through, on one always-present ghost pad ``src``.
+
+    ``schedule`` must run a callable later on the engine's GLib loop thread (thread-safe).
+    With ``loop=False`` the end of the stream is let through as EOS (an HTTP live stream that
+    ends has disconnected), so the engine treats it as a failure.
+
+    Single use: once set back to READY/NULL, build a new one rather than restarting it.
+    """
+
+    __gtype_name__ = "StreamwardenLoopingFileSource"
+
+    def __init__(
+        self,
+        location: str,
+        *,
+        schedule: Schedule,
+        name: str | None = None,
+        loop: bool = True,
+    ) -> None:
+        super().__init__(name=name)
+        self.loops_completed: int = 0
+        self.codec: str | None = None
+        self._location = location
+        self._schedule = schedule
+        self._loop_forever = loop
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._parser: Gst.Element | None = None
+        self._src_pad = Gst.GhostPad.new_no_target("src", Gst.PadDirection.SRC)
+        self.add_pad(self._src_pad)
+        first = self._build_loop(index=0, offset=0)
+        if first is None:
+            raise RuntimeError("cannot build the file reader: GStreamer plugins are missing")
+        self._current: _Loop = first
+
+    # -- logging and errors ------------------------------------------------------------------
+    def _log(self, level: int, msg: str, *args: object) -> None:
+        name = self.get_name()
+        _logger.log(level, "[%s] " + msg, name, *args, extra={"stream": name})
+
+    def _post_error(self, code: Gst.StreamError | Gst.CoreError, text: str, debug: str) -> None:
+        """Post an element ERROR from the bin so the engine's classifier sees domain and code."""
+        self._log(logging.ERROR, "%s (%s)", text, debug)
+        domain = Gst.CoreError.quark() if isinstance(code, Gst.CoreError) else Gst.StreamError.quark()
+        error = GLib.Error.new_literal(domain, text, int(code))
+        self.post_message(Gst.Message.new_error(self, error, debug))
+
+    def _make(self, factory: str) -> Gst.Element | None:
+        element = Gst.ElementFactory.make(factory, None)
+        if element is None:
+            self._post_error(
+                Gst.CoreError.MISSING_PLUGIN, f"GStreamer element {factory} is missing", self._location
+            )
+        return element
+
+    # -- state --------------------------------------------------------------------------------
+    def do_change_state(self, transition: Gst.StateChange) -> Gst.StateChangeReturn:
+        # Callables already queued on the loop must not rebuild a bin that is being stopped.
+        if transition == Gst.StateChange.PAUSED_TO_READY:
+            self._stopping = True
+        return Gst.Bin.do_change_state(self, transition)
+
+    def _is_current(self, loop: _Loop) -> bool:
+        return loop is self._current and not self._stopping
+
+    # -- one pass: reader ! typefind → demuxer -------------------------------------------------
+    def _build_loop(self, index: int, offset: int) -> _Loop | None:
+        """Create and link reader + typefind (not yet started); the demuxer follows the type."""
+        is_url = self._location.startswith(("http://", "https://"))
+        reader = self._make("souphttpsrc" if is_url else "filesrc")
+        typefind = self._make("typefind")
+        if reader is None or typefind is None:
+            return None
+        location = self._location
+        if location.startswith("file://"):
+            location = Gst.uri_get_location(location) or location
+        reader.set_property("location", location)
+        self.add(reader)
+        self.add(typefind)
+        reader.link(typefind)
+        loop = _Loop(index=index, offset=offset, reader=reader, typefind=typefind)
+        tf_src = typefind.get_static_pad("src")
+        assert tf_src is not None
+        # typefind pushes its first buffer right after have-type, while the demuxer can only be
+        # added on the loop thread: hold that buffer (events pass and stay sticky) until then.
+        tf_src.add_probe(_BLOCK_DATA, self._on_typefind_data, loop)
+        return loop
+
+    def _on_typefind_data(self, pad: Gst.Pad, info: Gst.PadProbeInfo, loop: _Loop) -> Gst.PadProbeReturn:
+        # Streaming thread.
+        if not loop.demuxer_scheduled:
+            loop.demuxer_scheduled = True
+            caps = pad.get_current_caps()
+            probe_id = info.id
+            self._schedule(lambda: self._add_demuxer(loop, caps, probe_id))
+        return Gst.PadProbeReturn.OK  # stay blocked until _add_demuxer removes the probe
+
+    def _add_demuxer(self, loop: _Loop, caps: Gst.Caps | None, probe_id: int) -> None:
+        # Loop thread.
+        if not self._is_current(loop):
+            return  # being torn down: deactivating the pads releases the blocked thread
+        structure = caps.get_structure(0) if caps is not None and caps.get_size() else None
+        container = structure.get_name() if structure is not None else ""
+        factory = _DEMUXERS.get(container)
+        if factory is None:
+            self._post_error(
+                Gst.StreamError.CODEC_NOT_FOUND,
+                f"unsupported container {caps.to_string() if caps is not None else '(unknown)'}",
+                f"{self._location}: supported are MP4/MOV, Matroska/WebM and MPEG-TS",
+            )
+            return
+        demuxer = self._make(factory)
+        if demuxer is None:
+            return
+        demuxer.connect("pad-added", self._on_pad_added, loop)
+        self.add(demuxer)
+        loop.demuxer = demuxer
+        tf_sink = loop.typefind.get_static_pad("sink")
+        tf_src = loop.typefind.get_static_pad("src")
+        assert tf_sink is not None and tf_src is not None
+        if not loop.typefind.link(demuxer):
+            self._post_error(Gst.StreamError.DEMUX, f"cannot link typefind to {factory}", self._location)
+            return
+        if tf_sink.mode == Gst.PadMode.PULL:
+            # A file: the demuxer will pull from typefind, and activating it in pull mode stops
+            # typefind's own task, which waits for the thread we hold blocked: release it first.
+            # Its held buffer then meets the not yet active demuxer pad, gets FLUSHING and
+            # typefind pauses quietly; the demuxer reads the file from the start itself.
+            tf_src.remove_probe(probe_id)
+            demuxer.sync_state_with_parent()
+        else:
+            # HTTP (push mode): the held buffer is the head of the stream; start the demuxer
+            # first so that it receives it.
+            demuxer.sync_state_with_parent()
+            tf_src.remove_probe(probe_id)
+
+    # -- demuxer pads --------------------------------------------------------------------------
+    def _on_pad_added(self, _demuxer: Gst.Element, pad: Gst.Pad, loop: _Loop) -> None:
+        # Streaming thread: only probes here. Caps may still be unknown (seen None in
+        # pad-added), so the pad is classified at its first buffer, which follows the CAPS event.
+        entry = _DemuxPad(pad)
+        with self._lock:
+            loop.pads.append(entry)
+        pad.add_probe(Gst.PadProbeType.DATA_DOWNSTREAM, self._on_demux_data, loop, entry)
+        pad.add_probe(_BLOCK_DATA, self._on_first_buffer, loop, entry)
+
+    def _on_first_buffer(
+        self, _pad: Gst.Pad, info: Gst.PadProbeInfo, loop: _Loop, entry: _DemuxPad
+    ) -> Gst.PadProbeReturn:
+        # Streaming thread: hold the pad (an unlinked pad would fail with not-linked) until
+        # the loop thread has linked or classified it.
+        if not entry.attach_scheduled:
+            entry.attach_scheduled = True
+            probe_id = info.id
+            self._schedule(lambda: self._attach_pad(loop, entry, probe_id))
+        return Gst.PadProbeReturn.OK
+
+    def _attach_pad(self, loop: _Loop, entry: _DemuxPad, probe_id: int) -> None:
+        # Loop thread.
+        if not self._is_current(loop):
+            return
+        pad = entry.pad
+        caps = pad.get_current_caps()
+        structure = caps.get_structure(0) if caps is not None and caps.get_size() else None
+        kind = structure.get_name() if structure is not None else ""
+        caps_text = caps.to_string() if caps is not None else "(no caps)"
+        has_video = any(p.role is _Role.VIDEO for p in loop.pads)
+        # ONE offset for every pad of this pass, so tracks stay in sync once audio is forwarded.
+        pad.set_offset(loop.offset)
+        if kind in _PARSERS and not has_video:
+            codec, parser_factory = _PARSERS[kind]
+            parser = self._ensure_parser(codec, parser_factory)
+            if parser is None:
+                return
+            if codec != self.codec:
+                self._post_error(
+                    Gst.StreamError.FORMAT,
+                    f"video codec changed from {self.codec} to {codec}",
+                    f"{self._location} (pass {loop.index}): the parser cannot change codec; caps {caps_text}",
+                )
+                return  # stays blocked; the engine rebuilds the pipeline
+            parser_sink = parser.get_static_pad("sink")
+            assert parser_sink is not None
+            result = pad.link(parser_sink)
+            if result != Gst.PadLinkReturn.OK:
+                self._post_error(
+                    Gst.StreamError.FORMAT,
+                    f"cannot link demuxer pad {pad.get_name()} to {parser_factory}: {result.value_nick}",
+                    caps_text,
+                )
+                return
+            entry.role = _Role.VIDEO
+            self._log_wrap_done(loop)
+        elif kind.startswith("video/") and not has_video:
+            self._post_error(
+                Gst.StreamError.CODEC_NOT_FOUND,
+                f"unsupported video codec {kind}",
+                f"{self._location}: only H.264 and H.265 pass through; caps {caps_text}",
+            )
+            return
+        else:
+            entry.role = _Role.DROPPED
+            self._log(logging.DEBUG, "pass %d: dropping pad %s (%s)", loop.index, pad.get_name(), kind or "?")
+        pad.remove_probe(probe_id)
+
+    def _ensure_parser(self, codec: str, factory: str) -> Gst.Element | None:
+        """Create the parser on the first video pad; it then stays for the whole run."""
+        if self._parser is not None:
+            return self._parser
+        parser = self._make(factory)
+        if parser is None:
+            return None
+        parser.set_property("config-interval", -1)
+        self.add(parser)
+        parser_src = parser.get_static_pad("src")
+        assert parser_src is not None
+        self._src_pad.set_target(parser_src)
+        parser.sync_state_with_parent()
+        self._parser = parser
+        self.codec = codec
+        self._log(logging.INFO, "playing %s video from %s", codec, self._location)
+        return parser
+
+    def _log_wrap_done(self, loop: _Loop) -> None:
+        if loop.wrap_started is not None:
+            self._log(
+                logging.DEBUG,
+                "pass %d started: rebuilt in %.1f ms, offset %.3f s",
+                loop.index,
+                (time.monotonic() - loop.wrap_started) * 1000.0,
+                loop.offset / Gst.SECOND,
+            )
+
+    # -- the loop probe ------------------------------------------------------------------------
+    def _on_demux_data(
+        self, _pad: Gst.Pad, info: Gst.PadProbeInfo, loop: _Loop, entry: _DemuxPad
+    ) -> Gst.PadProbeReturn:
+        # Streaming thread: keep this cheap, it runs for every buffer.
+        probe_type = info.type
+        if probe_type & Gst.PadProbeType.BUFFER:
+            if entry.role is _Role.DROPPED:
+                return Gst.PadProbeReturn.DROP
+            buffer = info.get_buffer()
+            if buffer is not None:
+                self._track(loop, entry, buffer)
+            return Gst.PadProbeReturn.OK
+        if probe_type & Gst.PadProbeType.BUFFER_LIST:
+            if entry.role is _Role.DROPPED:
+                return Gst.PadProbeReturn.DROP
+            buffers = info.get_buffer_list()
+            if buffers is not None:
+                for i in range(buffers.length()):
+                    self._track(loop, entry, buffers.get(i))
+            return Gst.PadProbeReturn.OK
+        event = info.get_event()
+        if event is None:
+            return Gst.PadProbeReturn.OK
+        event_type = event.type
+        if event_type == Gst.EventType.SEGMENT:
+            # Seen again with the pad offset applied once the pad is linked; the last one counts.
+            entry.segment = event.parse_segment().copy()
+        elif event_type == Gst.EventType.STREAM_START and loop.index > 0:
+            return Gst.PadProbeReturn.DROP  # downstream must see one stream, not one per pass
+        elif event_type == Gst.EventType.EOS:
+            self._on_pad_eos(loop, entry)
+            if self._loop_forever:
+                return Gst.PadProbeReturn.DROP
+        return Gst.PadProbeReturn.OK
+
+    def _track(self, loop: _Loop, entry: _DemuxPad, buffer: Gst.Buffer) -> None:
+        """Record the running-time end of a forwarded buffer (pts + duration, via the segment)."""
+        ts = buffer.pts if buffer.pts != _NONE else buffer.dts
+        segment = entry.segment
+        if ts == _NONE or segment is None or segment.format != Gst.Format.TIME:
+            return
+        last = entry.last_ts
+        if last != _NONE and ts > last and (entry.frame_step == _NONE or ts - last < entry.frame_step):
+            entry.frame_step = ts - last
+        entry.last_ts = ts
+        duration = buffer.duration
+        if duration == _NONE:
+            duration = entry.frame_step if entry.frame_step != _NONE else 0
+        sign, end = segment.to_running_time_full(Gst.Format.TIME, ts + duration)
+        if sign > 0 and end > loop.max_end:
+            with self._lock:
+                loop.max_end = max(loop.max_end, end)
+
+    def _on_pad_eos(self, loop: _Loop, entry: _DemuxPad) -> None:
+        # Streaming thread.
+        with self._lock:
+            entry.eos = True
+            if loop.ended or not all(p.eos for p in loop.pads):
+                return
+            loop.ended = True
+        if self._loop_forever:
+            ended_at = time.monotonic()
+            self._schedule(lambda: self._wrap(loop, ended_at))
+
+    # -- the wrap ------------------------------------------------------------------------------
+    def _wrap(self, old: _Loop, ended_at: float) -> None:
+        """Loop thread: tear down reader + typefind + demuxer of the pass that ended, build anew."""
+        if not self._is_current(old):
+            return
+        if not any(p.role is _Role.VIDEO for p in old.pads):
+            # Rebuilding would spin on a file that has nothing to show.
+            self._post_error(
+                Gst.StreamError.DEMUX,
+                "no H.264/H.265 video frames in the file",
+                f"{self._location} (pass {old.index})",
+            )
+            return
+        with self._lock:
+            next_offset = max(old.offset, old.max_end)
+        for element in (old.demuxer, old.typefind, old.reader):
+            if element is not None:
+                element.set_state(Gst.State.NULL)
+        for element in (old.demuxer, old.typefind, old.reader):
+            if element is not None:
+                self.remove(element)
+        self.loops_completed += 1
+        new = self._build_loop(old.index + 1, next_offset)
+        if new is None:
+            return
+        new.wrap_started = ended_at
+        self._current = new
+        new.typefind.sync_state_with_parent()
+        if not new.reader.sync_state_with_parent():
+            # The reader has posted its own ERROR (missing file, directory, no permission...).
+            self._log(logging.WARNING, "cannot reopen %s for pass %d", self._location, new.index)

@@ -1,0 +1,350 @@
+"""One pipeline attempt for one stream: source bin ! queue [! clocksync] ! tee ! sinks.
+
+A pipeline is built for each attempt and thrown away on any failure: rtspsrc and the
+demuxers do not come back after their peer died, and a fresh pipeline is the only state
+that is known to be clean. Everything here runs on the engine's loop thread, except
+the frame probe (streaming thread, counters only) and the final NULL state change, which
+``dispose`` does on a short-lived thread of its own so a hung element (a frozen RTSP
+server holds rtspsrc for its tcp-timeout) can never block the loop that serves every other
+stream. The pipeline is detached from everything when that happens, so nothing races it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import pairwise
+from pathlib import Path
+
+import gi
+
+gi.require_version("Gst", "1.0")
+from gi.repository import GLib, Gst  # noqa: E402
+
+from streamwarden.config import (  # noqa: E402
+    FileSource,
+    HttpSource,
+    RecordConfig,
+    RecordFormat,
+    RtspSource,
+    StreamSpec,
+    Transport,
+    rtsp_credentials,
+)
+from streamwarden.health import FrameMeter  # noqa: E402
+from streamwarden.media.loop import LoopThread  # noqa: E402
+from streamwarden.media.rtspsource import RtspSourceBin  # noqa: E402
+from streamwarden.policy.classify import ErrorReport  # noqa: E402
+from streamwarden.redact import redact  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+_ELEMENT_TIMEOUT_MESSAGES = frozenset({"GstRTSPSrcTimeout"})
+
+
+@dataclass
+class DisposalStats:
+    """Counts pipelines whose NULL state change had to be abandoned (engine-wide)."""
+
+    disposed: int = 0
+    abandoned: int = 0
+
+
+def _make(factory: str, name: str | None = None) -> Gst.Element:
+    element = Gst.ElementFactory.make(factory, name)
+    if element is None:
+        raise RuntimeError(f"GStreamer element {factory!r} is missing: install the GStreamer plugin packages")
+    return element
+
+
+class StreamPipeline:
+    """Builds and runs one attempt; reports frames and failures through callbacks."""
+
+    def __init__(
+        self,
+        spec: StreamSpec,
+        *,
+        loop: LoopThread,
+        meter: FrameMeter,
+        on_first_frame: Callable[[], None],
+        on_failure: Callable[[ErrorReport], None],
+        transport: Transport = Transport.TCP,
+        generation: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.stream_id = spec.id
+        self._loop = loop
+        self._meter = meter
+        self._on_first_frame = on_first_frame
+        self._on_failure = on_failure
+        self._bus_watched = False
+        self._bus_handler = 0
+        self.segments_open = 0  # splitmuxsink fragments opened and not yet closed
+        self.generation = generation
+        self.recording_dir: Path | None = None
+        self.pipeline = Gst.Pipeline.new(f"{spec.id}-{generation}")
+        self._build(transport)
+
+    # -- construction -------------------------------------------------------------------------
+    def _build(self, transport: Transport) -> None:
+        source = self.spec.source
+        pipeline = self.pipeline
+        paced = False
+        src_bin: Gst.Bin
+        if isinstance(source, RtspSource):
+            user, password, bare = rtsp_credentials(source)
+            src_bin = RtspSourceBin(
+                bare,
+                schedule=self._loop.schedule,
+                protocols="udp" if transport == Transport.UDP else "tcp",
+                user=user,
+                password=password,
+                latency_ms=source.latency_ms,
+                timeout_seconds=source.connect_timeout_seconds,
+                name="source",
+            )
+        elif isinstance(source, FileSource):
+            from streamwarden.media.filesource import LoopingFileSource
+
+            src_bin = LoopingFileSource(source.path, schedule=self._loop.schedule, name="source")
+            paced = True
+        elif isinstance(source, HttpSource):
+            from streamwarden.media.filesource import LoopingFileSource
+
+            src_bin = LoopingFileSource(source.uri, schedule=self._loop.schedule, name="source", loop=False)
+            paced = True
+        else:  # pragma: no cover - the config union is closed
+            raise TypeError(f"unknown source {source!r}")
+
+        queue = _make("queue", "ingest-queue")
+        if paced:
+            # A file runs ahead by up to 2 s so the per-loop demuxer rebuild is hidden.
+            queue.set_property("max-size-time", 2 * Gst.SECOND)
+            queue.set_property("max-size-buffers", 0)
+            queue.set_property("max-size-bytes", 0)
+        tee = _make("tee", "tee")
+        tee.set_property("allow-not-linked", True)
+        pipeline.add(src_bin)
+        pipeline.add(queue)
+        pipeline.add(tee)
+        if not src_bin.link(queue):
+            raise RuntimeError("cannot link source to queue")
+        if paced:
+            clocksync = _make("clocksync", "pace")
+            pipeline.add(clocksync)
+            queue.link(clocksync)
+            clocksync.link(tee)
+        else:
+            queue.link(tee)
+        _pad(tee, "sink").add_probe(Gst.PadProbeType.BUFFER, self._on_buffer)
+
+        discard = _make("fakesink", "discard")
+        discard.set_property("sync", False)
+        discard.set_property("async", False)
+        self._add_branch(tee, [_make("queue", "discard-queue"), discard])
+        if self.spec.record is not None:
+            self._add_recorder(tee, self.spec.record)
+
+    def _add_branch(self, tee: Gst.Element, elements: list[Gst.Element]) -> None:
+        for element in elements:
+            self.pipeline.add(element)
+        for upstream, downstream in pairwise(elements):
+            if not upstream.link(downstream):
+                raise RuntimeError(f"cannot link {upstream.get_name()} to {downstream.get_name()}")
+        tee.link(elements[0])
+
+    def _add_recorder(self, tee: Gst.Element, record: RecordConfig) -> None:
+        """Minimal crash-tolerant recorder (issue 3 grows it): time/size-rotated segments."""
+        directory = Path(record.dir) / self.stream_id
+        directory.mkdir(parents=True, exist_ok=True)
+        self.recording_dir = directory
+        queue = _make("queue", "record-queue")
+        queue.set_property("max-size-time", 5 * Gst.SECOND)
+        queue.set_property("max-size-buffers", 0)
+        queue.set_property("max-size-bytes", 0)
+        queue.set_property("leaky", 2)  # a slow disk drops for the recorder only
+        split = _make("splitmuxsink", "recorder")
+        split.set_property("max-size-time", int(record.segment_seconds * Gst.SECOND))
+        if record.segment_bytes:
+            split.set_property("max-size-bytes", record.segment_bytes)
+        # Instances (not factory names + properties): 1.22 ignores muxer-properties unless
+        # async-finalize is on; they must be set before the sink pad is linked.
+        if record.format == RecordFormat.MP4:
+            muxer = _make("mp4mux")
+            muxer.set_property("fragment-duration", 1000)  # playable after a crash
+        else:
+            muxer = _make("matroskamux")
+        sink = _make("filesink")
+        sink.set_property("buffer-mode", 2)  # unbuffered: a SIGKILL loses no buffered bytes
+        sink.set_property("async", False)
+        split.set_property("muxer", muxer)
+        split.set_property("sink", sink)
+        suffix = record.format.value
+        split.connect("format-location", lambda _s, index: _segment_path(directory, self.stream_id, suffix))
+        self._add_branch(tee, [queue, split])
+
+    # -- running -------------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Attach the bus and go to PLAYING; False when the state change failed at once."""
+        # Called on the loop thread: the signal watch attaches to its thread-default context.
+        bus = self.pipeline.get_bus()
+        bus.add_signal_watch()
+        self._bus_handler = bus.connect("message", self._on_bus_message)
+        self._bus_watched = True
+        result = self.pipeline.set_state(Gst.State.PLAYING)
+        return bool(result != Gst.StateChangeReturn.FAILURE)
+
+    def _on_buffer(self, _pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        buffer = info.get_buffer()
+        if buffer is not None:
+            keyframe = not buffer.has_flags(Gst.BufferFlags.DELTA_UNIT)
+            if self._meter.on_frame(buffer.get_size(), keyframe):
+                self._loop.schedule(self._on_first_frame)
+        return Gst.PadProbeReturn.OK
+
+    def _on_bus_message(self, _bus: Gst.Bus, message: Gst.Message) -> None:
+        self._count_segments(message)
+        report = _report_from_message(message)
+        if report is not None:
+            self._on_failure(report)
+
+    def _count_segments(self, message: Gst.Message) -> None:
+        if message.type != Gst.MessageType.ELEMENT:
+            return
+        structure = message.get_structure()
+        name = structure.get_name() if structure is not None else ""
+        if name == "splitmuxsink-fragment-opened":
+            self.segments_open += 1
+        elif name == "splitmuxsink-fragment-closed":
+            self.segments_open -= 1
+
+    # -- tear-down -----------------------------------------------------------------------------
+    def detach(self) -> None:
+        """Stop reporting: after this no callback of this attempt reaches the supervisor."""
+        if self._bus_watched:
+            bus = self.pipeline.get_bus()
+            bus.disconnect(self._bus_handler)
+            bus.remove_signal_watch()
+            self._bus_watched = False
+        self._on_failure = _ignore_report
+        self._on_first_frame = _ignore
+
+    def dispose(self, stats: DisposalStats, timeout: float, finalize_recording: bool = True) -> None:
+        """Detach, optionally finish the current segment, then set NULL off the loop thread."""
+        self.detach()
+        pipeline = self.pipeline
+        bus = pipeline.get_bus()
+        # Read what the watch had not dispatched yet; an old fragment-closed must not be
+        # mistaken for the one the drain below waits for.
+        while (pending := bus.pop()) is not None:
+            self._count_segments(pending)
+        recorder = pipeline.get_by_name("recorder") if finalize_recording else None
+        if recorder is None or self.segments_open <= 0:
+            _null_in_thread(pipeline, self.stream_id, stats, timeout)
+            return
+        # Close the segment cleanly: EOS into the recorder branch only, wait for the muxer
+        # to finish the file (bounded), then NULL. NULL straight away loses MP4's index.
+        queue = pipeline.get_by_name("record-queue")
+        done = threading.Event()
+
+        def _drain() -> None:
+            if queue is not None:
+                _pad(queue, "sink").send_event(Gst.Event.new_eos())
+            deadline = time.monotonic() + min(timeout, 3.0)
+            while not done.is_set() and time.monotonic() < deadline:
+                message = bus.timed_pop_filtered(
+                    100 * Gst.MSECOND, Gst.MessageType.ELEMENT | Gst.MessageType.EOS | Gst.MessageType.ERROR
+                )
+                if message is None:
+                    continue
+                structure = message.get_structure()
+                if message.type == Gst.MessageType.ELEMENT and structure is not None:
+                    if structure.get_name() == "splitmuxsink-fragment-closed":
+                        done.set()
+                elif message.src is recorder or message.type != Gst.MessageType.ELEMENT:
+                    done.set()
+            _set_null(pipeline, self.stream_id, stats, timeout)
+
+        threading.Thread(target=_drain, name=f"dispose-{self.stream_id}", daemon=True).start()
+
+
+def _pad(element: Gst.Element, name: str) -> Gst.Pad:
+    pad = element.get_static_pad(name)
+    if pad is None:
+        raise RuntimeError(f"{element.get_name()} has no pad {name!r}")
+    return pad
+
+
+def _segment_path(directory: Path, stream_id: str, suffix: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    candidate = directory / f"{stream_id}-{stamp}.{suffix}"
+    index = 1
+    while candidate.exists():  # never overwrite a segment
+        candidate = directory / f"{stream_id}-{stamp}-{index}.{suffix}"
+        index += 1
+    return str(candidate)
+
+
+def _set_null(pipeline: Gst.Pipeline, stream_id: str, stats: DisposalStats, timeout: float) -> None:
+    """Set NULL on the calling (non-loop) thread; a watchdog reports if it hangs."""
+    finished = threading.Event()
+
+    def _watch() -> None:
+        if not finished.wait(timeout):
+            stats.abandoned += 1
+            log.warning("[%s] pipeline did not reach NULL within %.1f s: abandoned", stream_id, timeout)
+
+    watcher = threading.Thread(target=_watch, name=f"dispose-watch-{stream_id}", daemon=True)
+    watcher.start()
+    pipeline.set_state(Gst.State.NULL)
+    finished.set()
+    stats.disposed += 1
+
+
+def _null_in_thread(pipeline: Gst.Pipeline, stream_id: str, stats: DisposalStats, timeout: float) -> None:
+    threading.Thread(
+        target=_set_null, args=(pipeline, stream_id, stats, timeout), name=f"dispose-{stream_id}", daemon=True
+    ).start()
+
+
+def _ignore_report(_report: ErrorReport) -> None:
+    return None
+
+
+def _ignore() -> None:
+    return None
+
+
+def _report_from_message(message: Gst.Message) -> ErrorReport | None:
+    """Turn a bus message into plain data for the classifier (None: not a failure signal)."""
+    kind = message.type
+    element = (message.src.get_name() or "") if message.src is not None else ""
+    factory = ""
+    if isinstance(message.src, Gst.Element):
+        element_factory = message.src.get_factory()
+        factory = (element_factory.get_name() or "") if element_factory is not None else ""
+    label = f"{factory}:{element}" if factory else element
+    if kind in (Gst.MessageType.ERROR, Gst.MessageType.WARNING):
+        if kind == Gst.MessageType.ERROR:
+            error, debug = message.parse_error()
+        else:
+            error, debug = message.parse_warning()
+        return ErrorReport(
+            kind="error" if kind == Gst.MessageType.ERROR else "warning",
+            domain=GLib.quark_to_string(error.domain) if isinstance(error.domain, int) else str(error.domain),
+            code=int(error.code),
+            element=label,
+            message=redact(error.message or ""),
+            debug=redact(debug or ""),
+        )
+    if kind == Gst.MessageType.EOS:
+        return ErrorReport(kind="eos", element=label, message="end of stream")
+    if kind == Gst.MessageType.ELEMENT:
+        structure = message.get_structure()
+        if structure is not None and structure.get_name() in _ELEMENT_TIMEOUT_MESSAGES:
+            return ErrorReport(kind="timeout", element=label, message=redact(structure.to_string()))
+    return None

@@ -1,0 +1,174 @@
+"""The engine against a real RTSP camera (a child process the tests kill, freeze and restart)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from streamwarden.config import StreamSpec, parse_stream_spec
+from streamwarden.engine import Engine
+from streamwarden.state import StreamState
+from tests.conftest import CameraFactory
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+FAST = {
+    "backoff": {"initial_seconds": 0.2, "multiplier": 2, "max_seconds": 1.0, "jitter": "none"},
+    "breaker": {"failure_threshold": 50, "open_seconds": 1},
+    "stall_timeout_seconds": 2,
+}
+
+
+def rtsp_spec(stream_id: str, uri: str, **source: Any) -> StreamSpec:
+    return parse_stream_spec(
+        {
+            "id": stream_id,
+            "source": {"type": "rtsp", "uri": uri, "connect_timeout_seconds": 3, **source},
+            "recovery": FAST,
+        }
+    )
+
+
+@pytest.fixture
+def engine(gst_init: None) -> Iterator[Engine]:
+    with Engine() as running:
+        yield running
+
+
+def wait_state(engine: Engine, stream_id: str, state: StreamState, timeout: float) -> None:
+    wait_until(
+        lambda: engine.state(stream_id) == state,
+        timeout,
+        message=f"{stream_id} not {state} within {timeout} s: {engine.info(stream_id)}",
+    )
+
+
+def test_kill_and_restart_returns_to_playing_within_backoff_plus_2s(
+    engine: Engine, camera: CameraFactory
+) -> None:
+    cam = camera()
+    engine.add_stream(rtsp_spec("cam", cam.url()))
+    wait_state(engine, "cam", StreamState.PLAYING, 15)
+
+    killed = time.monotonic()
+    cam.kill()
+    wait_until(lambda: engine.state("cam") != StreamState.PLAYING, 2.0, message="kill not detected")
+    detection = time.monotonic() - killed
+    wait_until(lambda: engine.info("cam")["backoff_attempts"] >= 2, 10, message="no retries while down")
+
+    cam.start()
+    back = time.monotonic()
+    # The due delay is at most max_seconds (1 s) here: PLAYING within that + 2 s.
+    wait_state(engine, "cam", StreamState.PLAYING, 1.0 + 2.0)
+    recovered_after = time.monotonic() - back
+    info = engine.info("cam")
+    assert info["health"]["recoveries_total"] == 1
+    assert info["last_error"]["category"] == "network"
+    assert detection < 1.0, f"disconnect detected after {detection:.2f} s"
+    assert recovered_after < 3.0
+    states = [e.to_state for e in engine.events("cam")]
+    assert StreamState.BACKOFF in states and states[-1] == StreamState.PLAYING
+
+
+def test_frozen_server_is_stalled_then_recovers(engine: Engine, camera: CameraFactory) -> None:
+    cam = camera()
+    engine.add_stream(rtsp_spec("cam", cam.url()))
+    wait_state(engine, "cam", StreamState.PLAYING, 15)
+
+    frozen = time.monotonic()
+    cam.pause()
+    try:
+        wait_until(
+            lambda: any(e.to_state == StreamState.STALLED for e in engine.events("cam")),
+            2 + 1.0,
+            message="not STALLED within stall_timeout + 1 s",
+        )
+        stalled_after = (
+            next(e for e in engine.events("cam") if e.to_state == StreamState.STALLED).monotonic - frozen
+        )
+        assert stalled_after <= 3.0
+        # The loop stays responsive while the frozen pipeline is being torn down.
+        started = time.monotonic()
+        engine.state("cam")
+        assert time.monotonic() - started < 0.5
+        wait_until(lambda: engine.info("cam")["health"]["attempts_total"] >= 2, 10, message="no retry")
+    finally:
+        cam.resume()
+    wait_state(engine, "cam", StreamState.PLAYING, 15)
+    info = engine.info("cam")
+    assert info["health"]["recoveries_total"] >= 1
+    assert info["health"]["errors_by_category"].get("network", 0) >= 1
+
+
+@pytest.mark.parametrize("transport", ["udp", "auto"])
+def test_udp_and_auto_transport_play(engine: Engine, camera: CameraFactory, transport: str) -> None:
+    cam = camera()
+    engine.add_stream(rtsp_spec("cam", cam.url(), transport=transport))
+    wait_state(engine, "cam", StreamState.PLAYING, 15)
+    wait_until(lambda: engine.health("cam").frames_total >= 25, 5, message="frames do not flow")
+
+
+def _last_category(engine: Engine, stream_id: str) -> str | None:
+    error = engine.info(stream_id)["last_error"]
+    return None if error is None else str(error["category"])
+
+
+def test_errors_are_classified(engine: Engine, camera: CameraFactory) -> None:
+    from streamwarden.testing.camera import free_port
+
+    cam = camera(user="alice", password="right")
+    wrong = cam.url().replace("alice:right@", "alice:wrong@")
+    assert wrong != cam.url()
+    engine.add_stream(rtsp_spec("auth", wrong))
+    engine.add_stream(rtsp_spec("closed", f"rtsp://127.0.0.1:{free_port()}/cam1"))
+    engine.add_stream(rtsp_spec("missing", cam.url("/nope")))
+    engine.add_stream(rtsp_spec("good", cam.url()))
+    for stream_id, category in (("auth", "auth"), ("closed", "network"), ("missing", "not_found")):
+        wait_until(
+            lambda s=stream_id, c=category: _last_category(engine, s) == c,  # type: ignore[misc]
+            10,
+            message=f"{stream_id}: {engine.info(stream_id)}",
+        )
+    auth = engine.info("auth")
+    assert "credentials" in auth["last_error"]["reason"]
+    assert "wrong" not in str(auth) and "right" not in str(engine.info("good")["spec"])
+    wait_state(engine, "good", StreamState.PLAYING, 10)
+
+
+def test_breaker_opens_then_quarantine_then_operator_resume(engine: Engine, camera: CameraFactory) -> None:
+    from streamwarden.testing.camera import free_port
+
+    port = free_port()
+    spec = parse_stream_spec(
+        {
+            "id": "dead",
+            "source": {"type": "rtsp", "uri": f"rtsp://127.0.0.1:{port}/cam1", "connect_timeout_seconds": 3},
+            "recovery": {
+                "backoff": {"initial_seconds": 0.05, "max_seconds": 0.1, "jitter": "none"},
+                "breaker": {"failure_threshold": 2, "open_seconds": 0.2, "open_multiplier": 1},
+                "quarantine": {"trips": 2, "window_seconds": 60, "quarantine_seconds": 600},
+            },
+        }
+    )
+    engine.add_stream(spec)
+    wait_state(engine, "dead", StreamState.QUARANTINED, 10)
+    info = engine.info("dead")
+    assert info["quarantine"]["active"] is True and info["quarantine"]["seconds_remaining"] > 500
+    assert info["breaker"]["trips"] == 2
+    reasons = [e.reason for e in engine.events("dead")]
+    assert any("circuit breaker open" in r for r in reasons), reasons
+    attempts = info["health"]["attempts_total"]
+    # Quarantined: no more attempts while nobody resumes it.
+    with pytest.raises(AssertionError):
+        wait_until(lambda: engine.health("dead").attempts_total > attempts, 0.6)
+
+    cam = camera()
+    engine.update_stream(spec.model_copy(update={"source": rtsp_spec("dead", cam.url()).source}))
+    assert engine.state("dead") == StreamState.QUARANTINED  # a new spec does not lift quarantine
+    engine.resume("dead")
+    wait_state(engine, "dead", StreamState.PLAYING, 10)
+    assert engine.info("dead")["quarantine"]["active"] is False
