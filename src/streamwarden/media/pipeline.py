@@ -83,7 +83,7 @@ class StreamPipeline:
         self._on_failure = on_failure
         self._bus_watched = False
         self._bus_handler = 0
-        self.segments_open = 0  # splitmuxsink fragments opened and not yet closed
+        self.segment_paths: list[str] = []  # every file the recorder of this attempt opened
         self.generation = generation
         self.recording_dir: Path | None = None
         self.pipeline = Gst.Pipeline.new(f"{spec.id}-{generation}")
@@ -184,7 +184,13 @@ class StreamPipeline:
         split.set_property("muxer", muxer)
         split.set_property("sink", sink)
         suffix = record.format.value
-        split.connect("format-location", lambda _s, index: _segment_path(directory, self.stream_id, suffix))
+
+        def _next_segment(_split: Gst.Element, _index: int) -> str:
+            path = _segment_path(directory, self.stream_id, suffix)
+            self.segment_paths.append(path)
+            return path
+
+        split.connect("format-location", _next_segment)
         self._add_branch(tee, [queue, split])
 
     # -- running -------------------------------------------------------------------------------
@@ -207,20 +213,9 @@ class StreamPipeline:
         return Gst.PadProbeReturn.OK
 
     def _on_bus_message(self, _bus: Gst.Bus, message: Gst.Message) -> None:
-        self._count_segments(message)
         report = _report_from_message(message)
         if report is not None:
             self._on_failure(report)
-
-    def _count_segments(self, message: Gst.Message) -> None:
-        if message.type != Gst.MessageType.ELEMENT:
-            return
-        structure = message.get_structure()
-        name = structure.get_name() if structure is not None else ""
-        if name == "splitmuxsink-fragment-opened":
-            self.segments_open += 1
-        elif name == "splitmuxsink-fragment-closed":
-            self.segments_open -= 1
 
     # -- tear-down -----------------------------------------------------------------------------
     def detach(self) -> None:
@@ -237,39 +232,57 @@ class StreamPipeline:
         """Detach, optionally finish the current segment, then set NULL off the loop thread."""
         self.detach()
         pipeline = self.pipeline
-        bus = pipeline.get_bus()
-        # Read what the watch had not dispatched yet; an old fragment-closed must not be
-        # mistaken for the one the drain below waits for.
-        while (pending := bus.pop()) is not None:
-            self._count_segments(pending)
         recorder = pipeline.get_by_name("recorder") if finalize_recording else None
-        if recorder is None or self.segments_open <= 0:
-            _null_in_thread(pipeline, self.stream_id, stats, timeout)
+        segments = self.segment_paths  # live list: a rotation may still add to it
+        if recorder is None or self._meter.frames == 0:
+            # Nothing reached the recorder: there is no segment to finish.
+            _null_in_thread(pipeline, self.stream_id, stats, timeout, segments)
             return
-        # Close the segment cleanly: EOS into the recorder branch only, wait for the muxer
-        # to finish the file (bounded), then NULL. NULL straight away loses MP4's index.
+        # Close the segment cleanly: EOS into the recorder branch only, wait (bounded) for
+        # splitmuxsink to report the fragment closed, then NULL. NULL straight away loses
+        # MP4's index. Messages already queued are dropped first: an earlier rotation's
+        # fragment-closed must not end the wait.
+        bus = pipeline.get_bus()
+        while bus.pop() is not None:
+            pass
         queue = pipeline.get_by_name("record-queue")
-        done = threading.Event()
 
         def _drain() -> None:
             if queue is not None:
                 _pad(queue, "sink").send_event(Gst.Event.new_eos())
             deadline = time.monotonic() + min(timeout, 3.0)
-            while not done.is_set() and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
                 message = bus.timed_pop_filtered(
-                    100 * Gst.MSECOND, Gst.MessageType.ELEMENT | Gst.MessageType.EOS | Gst.MessageType.ERROR
+                    100 * Gst.MSECOND, Gst.MessageType.ELEMENT | Gst.MessageType.ERROR
                 )
                 if message is None:
                     continue
                 structure = message.get_structure()
-                if message.type == Gst.MessageType.ELEMENT and structure is not None:
-                    if structure.get_name() == "splitmuxsink-fragment-closed":
-                        done.set()
-                elif message.src is recorder or message.type != Gst.MessageType.ELEMENT:
-                    done.set()
-            _set_null(pipeline, self.stream_id, stats, timeout)
+                if message.type == Gst.MessageType.ELEMENT:
+                    # Only the close of the newest segment ends the wait: a rotation that
+                    # raced the EOS closes the previous one and opens another.
+                    if (
+                        structure is not None
+                        and structure.get_name() == "splitmuxsink-fragment-closed"
+                        and structure.get_string("location") == segments[-1]
+                    ):
+                        break
+                elif message.src is not None and _inside(message.src, recorder):
+                    break  # the recorder itself failed: nothing more will come
+            else:
+                log.warning("[%s] recording segment not closed within the drain time", self.stream_id)
+            _set_null(pipeline, self.stream_id, stats, timeout, segments)
 
         threading.Thread(target=_drain, name=f"dispose-{self.stream_id}", daemon=True).start()
+
+
+def _inside(obj: Gst.Object, ancestor: Gst.Element) -> bool:
+    current: Gst.Object | None = obj
+    while current is not None:
+        if current is ancestor:
+            return True
+        current = current.get_parent()
+    return False
 
 
 def _pad(element: Gst.Element, name: str) -> Gst.Pad:
@@ -289,7 +302,9 @@ def _segment_path(directory: Path, stream_id: str, suffix: str) -> str:
     return str(candidate)
 
 
-def _set_null(pipeline: Gst.Pipeline, stream_id: str, stats: DisposalStats, timeout: float) -> None:
+def _set_null(
+    pipeline: Gst.Pipeline, stream_id: str, stats: DisposalStats, timeout: float, segments: list[str]
+) -> None:
     """Set NULL on the calling (non-loop) thread; a watchdog reports if it hangs."""
     finished = threading.Event()
 
@@ -303,11 +318,20 @@ def _set_null(pipeline: Gst.Pipeline, stream_id: str, stats: DisposalStats, time
     pipeline.set_state(Gst.State.NULL)
     finished.set()
     stats.disposed += 1
+    for segment in segments:  # a segment opened as the stream died holds nothing: drop it
+        path = Path(segment)
+        if path.exists() and path.stat().st_size == 0:
+            path.unlink(missing_ok=True)
 
 
-def _null_in_thread(pipeline: Gst.Pipeline, stream_id: str, stats: DisposalStats, timeout: float) -> None:
+def _null_in_thread(
+    pipeline: Gst.Pipeline, stream_id: str, stats: DisposalStats, timeout: float, segments: list[str]
+) -> None:
     threading.Thread(
-        target=_set_null, args=(pipeline, stream_id, stats, timeout), name=f"dispose-{stream_id}", daemon=True
+        target=_set_null,
+        args=(pipeline, stream_id, stats, timeout, segments),
+        name=f"dispose-{stream_id}",
+        daemon=True,
     ).start()
 
 
