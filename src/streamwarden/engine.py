@@ -22,6 +22,7 @@ from streamwarden.config import EngineConfig, RecoveryConfig, SourceSpec, Stream
 from streamwarden.health import HealthSnapshot  # noqa: E402
 from streamwarden.media.loop import LoopThread  # noqa: E402
 from streamwarden.media.pipeline import DisposalStats  # noqa: E402
+from streamwarden.media.recorder import recorder_branch  # noqa: E402
 from streamwarden.policy.classify import Classifier  # noqa: E402
 from streamwarden.policy.token_bucket import TokenBucket  # noqa: E402
 from streamwarden.state import StreamState, TransitionEvent  # noqa: E402
@@ -68,6 +69,7 @@ class Engine:
             clock=clock,
             rng=rng,
             on_event=self._dispatch_event,
+            branch_factories=[recorder_branch],
         )
         self._started = False
 

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gi.repository import GLib
@@ -19,7 +19,7 @@ from gi.repository import GLib
 from streamwarden.config import FileSource, HttpSource, RecoveryConfig, RtspSource, StreamSpec, Transport
 from streamwarden.health import StreamHealth
 from streamwarden.media.loop import LoopThread
-from streamwarden.media.pipeline import DisposalStats, StreamPipeline
+from streamwarden.media.pipeline import Branch, DisposalStats, StreamPipeline
 from streamwarden.policy.backoff import Backoff
 from streamwarden.policy.breaker import CircuitBreaker
 from streamwarden.policy.classify import Action, Category, Classification, Classifier, ErrorReport
@@ -47,6 +47,8 @@ class EngineServices:
     clock: Callable[[], float] = time.monotonic
     rng: random.Random | None = None
     on_event: Callable[[str, TransitionEvent], None] | None = None
+    # Each returns the branch (recorder, RTSP re-serve, ...) a spec needs, or None.
+    branch_factories: list[Callable[[StreamSpec], Branch | None]] = field(default_factory=list)
 
 
 class StreamSupervisor:
@@ -306,6 +308,7 @@ class StreamSupervisor:
         generation = self._generation
         meter = self.health.new_meter()
         try:
+            branches = [b for make in self._svc.branch_factories if (b := make(self.spec)) is not None]
             pipeline = StreamPipeline(
                 self.spec,
                 loop=self._svc.loop,
@@ -314,6 +317,7 @@ class StreamSupervisor:
                 on_failure=lambda report: self._guarded(lambda: self.failure(report, generation)),
                 transport=self.transport,
                 generation=generation,
+                branches=branches,
             )
         except Exception as exc:
             self._move(StreamState.CONNECTING, "building pipeline")

@@ -14,11 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from itertools import pairwise
-from pathlib import Path
+from typing import Protocol
 
 import gi
 
@@ -28,8 +27,6 @@ from gi.repository import GLib, Gst  # noqa: E402
 from streamwarden.config import (  # noqa: E402
     FileSource,
     HttpSource,
-    RecordConfig,
-    RecordFormat,
     RtspSource,
     StreamSpec,
     Transport,
@@ -74,6 +71,7 @@ class StreamPipeline:
         on_failure: Callable[[ErrorReport], None],
         transport: Transport = Transport.TCP,
         generation: int = 0,
+        branches: Sequence[Branch] = (),
     ) -> None:
         self.spec = spec
         self.stream_id = spec.id
@@ -83,9 +81,8 @@ class StreamPipeline:
         self._on_failure = on_failure
         self._bus_watched = False
         self._bus_handler = 0
-        self.segment_paths: list[str] = []  # every file the recorder of this attempt opened
         self.generation = generation
-        self.recording_dir: Path | None = None
+        self.branches = list(branches)
         self.pipeline = Gst.Pipeline.new(f"{spec.id}-{generation}")
         self._build(transport)
 
@@ -145,53 +142,9 @@ class StreamPipeline:
         discard = _make("fakesink", "discard")
         discard.set_property("sync", False)
         discard.set_property("async", False)
-        self._add_branch(tee, [_make("queue", "discard-queue"), discard])
-        if self.spec.record is not None:
-            self._add_recorder(tee, self.spec.record)
-
-    def _add_branch(self, tee: Gst.Element, elements: list[Gst.Element]) -> None:
-        for element in elements:
-            self.pipeline.add(element)
-        for upstream, downstream in pairwise(elements):
-            if not upstream.link(downstream):
-                raise RuntimeError(f"cannot link {upstream.get_name()} to {downstream.get_name()}")
-        tee.link(elements[0])
-
-    def _add_recorder(self, tee: Gst.Element, record: RecordConfig) -> None:
-        """Minimal crash-tolerant recorder (issue 3 grows it): time/size-rotated segments."""
-        directory = Path(record.dir) / self.stream_id
-        directory.mkdir(parents=True, exist_ok=True)
-        self.recording_dir = directory
-        queue = _make("queue", "record-queue")
-        queue.set_property("max-size-time", 5 * Gst.SECOND)
-        queue.set_property("max-size-buffers", 0)
-        queue.set_property("max-size-bytes", 0)
-        queue.set_property("leaky", 2)  # a slow disk drops for the recorder only
-        split = _make("splitmuxsink", "recorder")
-        split.set_property("max-size-time", int(record.segment_seconds * Gst.SECOND))
-        if record.segment_bytes:
-            split.set_property("max-size-bytes", record.segment_bytes)
-        # Instances (not factory names + properties): 1.22 ignores muxer-properties unless
-        # async-finalize is on; they must be set before the sink pad is linked.
-        if record.format == RecordFormat.MP4:
-            muxer = _make("mp4mux")
-            muxer.set_property("fragment-duration", 1000)  # playable after a crash
-        else:
-            muxer = _make("matroskamux")
-        sink = _make("filesink")
-        sink.set_property("buffer-mode", 2)  # unbuffered: a SIGKILL loses no buffered bytes
-        sink.set_property("async", False)
-        split.set_property("muxer", muxer)
-        split.set_property("sink", sink)
-        suffix = record.format.value
-
-        def _next_segment(_split: Gst.Element, _index: int) -> str:
-            path = _segment_path(directory, self.stream_id, suffix)
-            self.segment_paths.append(path)
-            return path
-
-        split.connect("format-location", _next_segment)
-        self._add_branch(tee, [queue, split])
+        add_chain(pipeline, tee, [_make("queue", "discard-queue"), discard])
+        for branch in self.branches:
+            branch.attach(pipeline, tee)
 
     # -- running -------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -213,6 +166,11 @@ class StreamPipeline:
         return Gst.PadProbeReturn.OK
 
     def _on_bus_message(self, _bus: Gst.Bus, message: Gst.Message) -> None:
+        source = message.src
+        for branch in self.branches:
+            if source is not None and branch.owns(source):
+                branch.on_message(message)  # a sink's trouble is the sink's, not the ingest's
+                return
         report = _report_from_message(message)
         if report is not None:
             self._on_failure(report)
@@ -229,60 +187,82 @@ class StreamPipeline:
         self._on_first_frame = _ignore
 
     def dispose(self, stats: DisposalStats, timeout: float, finalize_recording: bool = True) -> None:
-        """Detach, optionally finish the current segment, then set NULL off the loop thread."""
+        """Detach, let the branches finish (segments closed), then set NULL off the loop thread."""
         self.detach()
         pipeline = self.pipeline
-        recorder = pipeline.get_by_name("recorder") if finalize_recording else None
-        segments = self.segment_paths  # live list: a rotation may still add to it
-        if recorder is None or self._meter.frames == 0:
-            # Nothing reached the recorder: there is no segment to finish.
-            _null_in_thread(pipeline, self.stream_id, stats, timeout, segments)
-            return
-        # Close the segment cleanly: EOS into the recorder branch only, wait (bounded) for
-        # splitmuxsink to report the fragment closed, then NULL. NULL straight away loses
-        # MP4's index. Messages already queued are dropped first: an earlier rotation's
-        # fragment-closed must not end the wait.
+        finishing = [
+            b for b in self.branches if finalize_recording and self._meter.frames > 0 and b.needs_finish()
+        ]
         bus = pipeline.get_bus()
         while bus.pop() is not None:
-            pass
-        queue = pipeline.get_by_name("record-queue")
+            pass  # past messages (an earlier rotation's) must not end a branch's wait
 
-        def _drain() -> None:
-            if queue is not None:
-                _pad(queue, "sink").send_event(Gst.Event.new_eos())
+        def _dispose() -> None:
             deadline = time.monotonic() + min(timeout, 3.0)
-            while time.monotonic() < deadline:
-                message = bus.timed_pop_filtered(
-                    100 * Gst.MSECOND, Gst.MessageType.ELEMENT | Gst.MessageType.ERROR
-                )
-                if message is None:
-                    continue
-                structure = message.get_structure()
-                if message.type == Gst.MessageType.ELEMENT:
-                    # Only the close of the newest segment ends the wait: a rotation that
-                    # raced the EOS closes the previous one and opens another.
-                    if (
-                        structure is not None
-                        and structure.get_name() == "splitmuxsink-fragment-closed"
-                        and structure.get_string("location") == segments[-1]
-                    ):
-                        break
-                elif message.src is not None and _inside(message.src, recorder):
-                    break  # the recorder itself failed: nothing more will come
-            else:
-                log.warning("[%s] recording segment not closed within the drain time", self.stream_id)
-            _set_null(pipeline, self.stream_id, stats, timeout, segments)
+            for branch in finishing:
+                try:
+                    branch.finish(pipeline, bus, deadline)
+                except Exception:
+                    log.exception("[%s] branch %s failed to finish", self.stream_id, branch.name)
+            _set_null(pipeline, self.stream_id, stats, timeout)
+            for branch in self.branches:
+                try:
+                    branch.disposed()
+                except Exception:
+                    log.exception("[%s] branch %s failed after disposal", self.stream_id, branch.name)
 
-        threading.Thread(target=_drain, name=f"dispose-{self.stream_id}", daemon=True).start()
+        threading.Thread(target=_dispose, name=f"dispose-{self.stream_id}", daemon=True).start()
 
 
-def _inside(obj: Gst.Object, ancestor: Gst.Element) -> bool:
+class Branch(Protocol):
+    """A consumer hanging off a stream's tee (recorder, RTSP re-serve, ...).
+
+    Its elements live in the attempt's pipeline; bus messages from inside it go to
+    ``on_message`` instead of failing the stream, so a full disk stops the recorder, not
+    the ingest. ``finish`` runs on the disposal thread (never the loop) before NULL.
+    """
+
+    name: str
+
+    def attach(self, pipeline: Gst.Pipeline, tee: Gst.Element) -> None: ...
+
+    def owns(self, element: Gst.Object) -> bool: ...
+
+    def on_message(self, message: Gst.Message) -> None: ...
+
+    def needs_finish(self) -> bool: ...
+
+    def finish(self, pipeline: Gst.Pipeline, bus: Gst.Bus, deadline: float) -> None: ...
+
+    def disposed(self) -> None: ...
+
+
+def add_chain(pipeline: Gst.Bin, tee: Gst.Element, elements: list[Gst.Element]) -> None:
+    """Add ``elements``, link them in order and hang the first off ``tee``."""
+    for element in elements:
+        pipeline.add(element)
+    for upstream, downstream in pairwise(elements):
+        if not upstream.link(downstream):
+            raise RuntimeError(f"cannot link {upstream.get_name()} to {downstream.get_name()}")
+    if not tee.link(elements[0]):
+        raise RuntimeError(f"cannot link tee to {elements[0].get_name()}")
+
+
+def inside(obj: Gst.Object, ancestor: Gst.Element) -> bool:
     current: Gst.Object | None = obj
     while current is not None:
         if current is ancestor:
             return True
         current = current.get_parent()
     return False
+
+
+def make_element(factory: str, name: str | None = None) -> Gst.Element:
+    return _make(factory, name)
+
+
+def pad_of(element: Gst.Element, name: str) -> Gst.Pad:
+    return _pad(element, name)
 
 
 def _pad(element: Gst.Element, name: str) -> Gst.Pad:
@@ -292,19 +272,7 @@ def _pad(element: Gst.Element, name: str) -> Gst.Pad:
     return pad
 
 
-def _segment_path(directory: Path, stream_id: str, suffix: str) -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    candidate = directory / f"{stream_id}-{stamp}.{suffix}"
-    index = 1
-    while candidate.exists():  # never overwrite a segment
-        candidate = directory / f"{stream_id}-{stamp}-{index}.{suffix}"
-        index += 1
-    return str(candidate)
-
-
-def _set_null(
-    pipeline: Gst.Pipeline, stream_id: str, stats: DisposalStats, timeout: float, segments: list[str]
-) -> None:
+def _set_null(pipeline: Gst.Pipeline, stream_id: str, stats: DisposalStats, timeout: float) -> None:
     """Set NULL on the calling (non-loop) thread; a watchdog reports if it hangs."""
     finished = threading.Event()
 
@@ -318,21 +286,6 @@ def _set_null(
     pipeline.set_state(Gst.State.NULL)
     finished.set()
     stats.disposed += 1
-    for segment in segments:  # a segment opened as the stream died holds nothing: drop it
-        path = Path(segment)
-        if path.exists() and path.stat().st_size == 0:
-            path.unlink(missing_ok=True)
-
-
-def _null_in_thread(
-    pipeline: Gst.Pipeline, stream_id: str, stats: DisposalStats, timeout: float, segments: list[str]
-) -> None:
-    threading.Thread(
-        target=_set_null,
-        args=(pipeline, stream_id, stats, timeout, segments),
-        name=f"dispose-{stream_id}",
-        daemon=True,
-    ).start()
 
 
 def _ignore_report(_report: ErrorReport) -> None:
