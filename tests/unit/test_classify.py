@@ -444,3 +444,20 @@ def test_enum_values_match_the_config_vocabulary() -> None:
 def test_policy_package_does_not_import_gstreamer() -> None:
     code = "import sys, streamwarden.policy; sys.exit(1 if 'gi' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_http_connection_refused_is_network_not_pipeline() -> None:
+    report = ErrorReport(
+        kind="error",
+        domain="gst-stream-error-quark",
+        code=1,
+        element="souphttpsrc:souphttpsrc0",
+        message="Internal data stream error.",
+        debug="streaming stopped, reason error (-5)\nHTTP status 0 (no connection)",
+    )
+    verdict = Classifier().classify(report)
+    assert (verdict.category, verdict.action, verdict.rule) == (
+        Category.NETWORK,
+        Action.BACKOFF,
+        "http_no_connection",
+    )

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Protocol
 
@@ -81,6 +81,7 @@ class StreamPipeline:
         self._on_failure = on_failure
         self._bus_watched = False
         self._bus_handler = 0
+        self._http_status: int | None = None
         self.generation = generation
         self.branches = list(branches)
         self.pipeline = Gst.Pipeline.new(f"{spec.id}-{generation}")
@@ -112,7 +113,9 @@ class StreamPipeline:
         elif isinstance(source, HttpSource):
             from streamwarden.media.filesource import LoopingFileSource
 
-            src_bin = LoopingFileSource(source.uri, schedule=self._loop.schedule, name="source", loop=False)
+            # Re-requesting the URL at its end makes a finished resource loop seamlessly and a
+            # live HTTP stream that ended reconnect; a server that is gone errors at that GET.
+            src_bin = LoopingFileSource(source.uri, schedule=self._loop.schedule, name="source")
             paced = True
         else:  # pragma: no cover - the config union is closed
             raise TypeError(f"unknown source {source!r}")
@@ -172,6 +175,20 @@ class StreamPipeline:
                 branch.on_message(message)  # a sink's trouble is the sink's, not the ingest's
                 return
         report = _report_from_message(message)
+        if message.type == Gst.MessageType.ELEMENT:
+            structure = message.get_structure()
+            if structure is not None and structure.get_name() == "http-headers":
+                # souphttpsrc's errors say only "Internal data stream error"; the status
+                # it saw (0 = no connection) is what tells refused from 404 from 503.
+                found, status = structure.get_uint("http-status-code")
+                self._http_status = int(status) if found else None
+        if report is not None and report.kind == "error" and self._http_status is not None:
+            status = self._http_status
+            report = replace(
+                report,
+                rtsp_status=status if status >= 100 else report.rtsp_status,
+                debug=f"{report.debug}\nHTTP status {status}" + (" (no connection)" if status == 0 else ""),
+            )
         if report is not None:
             self._on_failure(report)
 
