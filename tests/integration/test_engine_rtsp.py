@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -57,7 +58,8 @@ def test_kill_and_restart_returns_to_playing_within_backoff_plus_2s(
     killed = time.monotonic()
     cam.kill()
     wait_until(lambda: engine.state("cam") != StreamState.PLAYING, 2.0, message="kill not detected")
-    detection = time.monotonic() - killed
+    left_playing = next(e for e in engine.events("cam") if e.from_state == StreamState.PLAYING)
+    detection = left_playing.monotonic - killed
     wait_until(lambda: engine.info("cam")["backoff_attempts"] >= 2, 10, message="no retries while down")
 
     cam.start()
@@ -68,7 +70,7 @@ def test_kill_and_restart_returns_to_playing_within_backoff_plus_2s(
     info = engine.info("cam")
     assert info["health"]["recoveries_total"] == 1
     assert info["last_error"]["category"] == "network"
-    assert detection < 1.0, f"disconnect detected after {detection:.2f} s"
+    assert detection < 0.1, f"disconnect detected after {detection:.3f} s"  # bus error latency
     assert recovered_after < 3.0
     states = [e.to_state for e in engine.events("cam")]
     assert StreamState.BACKOFF in states and states[-1] == StreamState.PLAYING
@@ -172,3 +174,101 @@ def test_breaker_opens_then_quarantine_then_operator_resume(engine: Engine, came
     engine.resume("dead")
     wait_state(engine, "dead", StreamState.PLAYING, 10)
     assert engine.info("dead")["quarantine"]["active"] is False
+
+
+def test_global_reconnect_budget_spreads_a_thundering_herd(gst_init: None, camera: CameraFactory) -> None:
+    from streamwarden.config import EngineConfig
+
+    rate = 4.0
+    config = EngineConfig.model_validate({"reconnect_budget": {"rate_per_second": rate, "burst": 1}})
+    cam = camera(mounts=tuple(f"/m{i}" for i in range(6)))
+    with Engine(config) as engine:
+        ids = [f"herd{i}" for i in range(6)]
+        for index, stream_id in enumerate(ids):
+            engine.add_stream(rtsp_spec(stream_id, cam.url(f"/m{index}")))
+        wait_until(
+            lambda: all(engine.state(i) == StreamState.PLAYING for i in ids), 20, message="herd not playing"
+        )
+        killed = time.monotonic()
+        cam.kill()
+        wait_until(
+            lambda: sum(engine.health(i).attempts_total for i in ids) >= 2 * len(ids) + 6,
+            15,
+            message="herd did not retry",
+        )
+        cam.start()
+        wait_until(
+            lambda: all(engine.state(i) == StreamState.PLAYING for i in ids), 20, message="herd not back"
+        )
+        starts = sorted(
+            e.monotonic
+            for i in ids
+            for e in engine.events(i)
+            if e.to_state == StreamState.CONNECTING and e.monotonic > killed
+        )
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    # One token at a time, refilled at 4/s: no two attempts (of any stream) closer than ~1/rate.
+    assert len(starts) >= 12
+    assert min(gaps) >= 1 / rate - 0.06, gaps
+
+
+def test_max_attempts_exhausted_fails_the_stream(engine: Engine) -> None:
+    from streamwarden.testing.camera import free_port
+
+    spec = parse_stream_spec(
+        {
+            "id": "doomed",
+            "source": {"type": "rtsp", "uri": f"rtsp://127.0.0.1:{free_port()}/x"},
+            "recovery": {"backoff": {"initial_seconds": 0.05, "max_seconds": 0.1, "max_attempts": 3}},
+        }
+    )
+    engine.add_stream(spec)
+    wait_state(engine, "doomed", StreamState.FAILED, 10)
+    info = engine.info("doomed")
+    assert "gave up after 3 attempts" in info["reason"]
+    assert info["health"]["attempts_total"] == 4  # the first try plus three retries
+
+
+def test_config_rules_extend_the_classification_table(gst_init: None) -> None:
+    from streamwarden.config import EngineConfig
+    from streamwarden.testing.camera import free_port
+
+    rule = {
+        "name": "refused-means-decommissioned",
+        "message": "Could not open resource for reading and writing",
+        "category": "network",
+        "transience": "fatal",
+        "action": "stop",
+        "reason": "camera decommissioned",
+    }
+    config = EngineConfig.model_validate({"error_rules": [rule]})
+    with Engine(config) as engine:
+        engine.add_stream(rtsp_spec("gone", f"rtsp://127.0.0.1:{free_port()}/x"))
+        wait_state(engine, "gone", StreamState.FAILED, 10)
+        error = engine.info("gone")["last_error"]
+        assert error["reason"] == "camera decommissioned" and error["transience"] == "fatal"
+        assert engine.health("gone").attempts_total == 1
+
+
+def test_connect_timeout_catches_a_server_that_accepts_but_never_answers(engine: Engine) -> None:
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # the kernel accepts; nobody ever answers
+    try:
+        port = listener.getsockname()[1]
+        spec = parse_stream_spec(
+            {
+                "id": "mute",
+                "source": {"type": "rtsp", "uri": f"rtsp://127.0.0.1:{port}/x", "connect_timeout_seconds": 1},
+                "recovery": {"backoff": {"initial_seconds": 5, "max_seconds": 5}},
+            }
+        )
+        started = time.monotonic()
+        engine.add_stream(spec)
+        wait_until(lambda: engine.info("mute")["last_error"] is not None, 4, message="no timeout")
+        assert time.monotonic() - started < 2.5
+        assert engine.info("mute")["last_error"]["category"] == "network"
+    finally:
+        listener.close()
