@@ -3,37 +3,17 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from streamwarden.config import StreamSpec, parse_stream_spec
 from streamwarden.engine import Engine
 from streamwarden.media.clip import ensure_test_clip
 from streamwarden.state import StreamState
 from tests.helpers import count_frames, ffprobe_json, wait_until
+from tests.integration.conftest import file_spec
 
 pytestmark = pytest.mark.integration
-
-FAST = {
-    "backoff": {"initial_seconds": 0.2, "multiplier": 2, "max_seconds": 1.0, "jitter": "none"},
-    "breaker": {"failure_threshold": 50, "open_seconds": 1},
-    "stall_timeout_seconds": 2,
-}
-
-
-def file_spec(stream_id: str, path: Path, **extra: Any) -> StreamSpec:
-    return parse_stream_spec(
-        {"id": stream_id, "source": {"type": "file", "path": str(path)}, "recovery": FAST, **extra}
-    )
-
-
-@pytest.fixture
-def engine(gst_init: None) -> Iterator[Engine]:
-    with Engine() as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -63,12 +63,6 @@ def http_server(h264_ts: Path, h264_mp4: Path, tmp_path: Path) -> Iterator[FileS
     server.stop()
 
 
-@pytest.fixture
-def engine(gst_init: None) -> Iterator[Engine]:
-    with Engine() as running:
-        yield running
-
-
 def http_spec(stream_id: str, uri: str) -> object:
     return parse_stream_spec(
         {

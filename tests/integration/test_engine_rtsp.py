@@ -4,48 +4,17 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from streamwarden.config import StreamSpec, parse_stream_spec
+from streamwarden.config import parse_stream_spec
 from streamwarden.engine import Engine
 from streamwarden.state import StreamState
 from tests.conftest import CameraFactory
 from tests.helpers import wait_until
+from tests.integration.conftest import rtsp_spec, wait_state
 
 pytestmark = pytest.mark.integration
-
-FAST = {
-    "backoff": {"initial_seconds": 0.2, "multiplier": 2, "max_seconds": 1.0, "jitter": "none"},
-    "breaker": {"failure_threshold": 50, "open_seconds": 1},
-    "stall_timeout_seconds": 2,
-}
-
-
-def rtsp_spec(stream_id: str, uri: str, **source: Any) -> StreamSpec:
-    return parse_stream_spec(
-        {
-            "id": stream_id,
-            "source": {"type": "rtsp", "uri": uri, "connect_timeout_seconds": 3, **source},
-            "recovery": FAST,
-        }
-    )
-
-
-@pytest.fixture
-def engine(gst_init: None) -> Iterator[Engine]:
-    with Engine() as running:
-        yield running
-
-
-def wait_state(engine: Engine, stream_id: str, state: StreamState, timeout: float) -> None:
-    wait_until(
-        lambda: engine.state(stream_id) == state,
-        timeout,
-        message=f"{stream_id} not {state} within {timeout} s: {engine.info(stream_id)}",
-    )
 
 
 def test_kill_and_restart_returns_to_playing_within_backoff_plus_2s(

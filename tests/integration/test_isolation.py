@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,11 @@ from streamwarden.engine import Engine, StreamExistsError, StreamNotFoundError
 from streamwarden.state import StreamState
 from tests.conftest import CameraFactory
 from tests.helpers import wait_until
-from tests.integration.test_engine_file import file_spec
-from tests.integration.test_engine_rtsp import rtsp_spec
+from tests.integration.conftest import file_spec, rtsp_spec
 
 pytestmark = pytest.mark.integration
 
 MAX_GAP = 0.5
-
-
-@pytest.fixture
-def engine(gst_init: None) -> Iterator[Engine]:
-    with Engine() as running:
-        yield running
 
 
 def _all_playing(engine: Engine, ids: list[str]) -> bool:
