@@ -451,13 +451,15 @@ def test_http_connection_refused_is_network_not_pipeline() -> None:
         kind="error",
         domain="gst-stream-error-quark",
         code=1,
-        element="souphttpsrc:souphttpsrc0",
+        element="curlhttpsrc:curlhttpsrc0",
         message="Internal data stream error.",
-        debug="streaming stopped, reason error (-5)\nHTTP status 0 (no connection)",
+        debug="streaming stopped, reason error (-5)",
     )
     verdict = Classifier().classify(report)
     assert (verdict.category, verdict.action, verdict.rule) == (
         Category.NETWORK,
         Action.BACKOFF,
-        "http_no_connection",
+        "http_transfer_failed",
     )
+    other = Classifier().classify(report.__class__(**{**report.__dict__, "element": "qtdemux:qtdemux0"}))
+    assert other.category == Category.PIPELINE

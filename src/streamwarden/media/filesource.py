@@ -119,12 +119,16 @@ class LoopingFileSource(Gst.Bin):
         first = self._build_loop(index=0, offset=0)
         if first is None:
             raise RuntimeError("cannot build the file reader: GStreamer plugins are missing")
-        self._current: _Loop = first
+        self._current: _Loop | None = first
 
     # -- logging and errors ------------------------------------------------------------------
     def _log(self, level: int, msg: str, *args: object) -> None:
+        # The bin's own name, prefixed with its pipeline's when it has one, so that every line
+        # says which stream it is about even if the bin itself is named generically.
         name = self.get_name()
-        _logger.log(level, "[%s] " + msg, name, *args, extra={"stream": name})
+        parent = self.get_parent()
+        where = f"{parent.get_name()}/{name}" if parent is not None else name
+        _logger.log(level, "[%s] " + msg, where, *args, extra={"bin": name})
 
     def _post_error(self, code: Gst.StreamError | Gst.CoreError, text: str, debug: str) -> None:
         """Post an element ERROR from the bin so the engine's classifier sees domain and code."""
@@ -155,7 +159,7 @@ class LoopingFileSource(Gst.Bin):
     def _build_loop(self, index: int, offset: int) -> _Loop | None:
         """Create and link reader + typefind (not yet started); the demuxer follows the type."""
         is_url = self._location.startswith(("http://", "https://"))
-        reader = self._make("souphttpsrc" if is_url else "filesrc")
+        reader = self._make("curlhttpsrc" if is_url else "filesrc")
         typefind = self._make("typefind")
         if reader is None or typefind is None:
             return None
@@ -175,7 +179,9 @@ class LoopingFileSource(Gst.Bin):
         return loop
 
     def _on_typefind_data(self, pad: Gst.Pad, info: Gst.PadProbeInfo, loop: _Loop) -> Gst.PadProbeReturn:
-        # Streaming thread.
+        # Streaming thread, or the loop thread itself while a state change drains data.
+        if not self._is_current(loop):
+            return Gst.PadProbeReturn.DROP  # never block a teardown: nobody would release it
         if not loop.demuxer_scheduled:
             loop.demuxer_scheduled = True
             caps = pad.get_current_caps()
@@ -236,7 +242,11 @@ class LoopingFileSource(Gst.Bin):
         self, _pad: Gst.Pad, info: Gst.PadProbeInfo, loop: _Loop, entry: _DemuxPad
     ) -> Gst.PadProbeReturn:
         # Streaming thread: hold the pad (an unlinked pad would fail with not-linked) until
-        # the loop thread has linked or classified it.
+        # the loop thread has linked or classified it. But never block once the bin is being
+        # stopped: tsdemux pushes its pending data from inside its state change, i.e. on the
+        # loop thread, which would then wait for itself.
+        if not self._is_current(loop):
+            return Gst.PadProbeReturn.DROP
         if not entry.attach_scheduled:
             entry.attach_scheduled = True
             probe_id = info.id
@@ -399,6 +409,7 @@ class LoopingFileSource(Gst.Bin):
             return
         with self._lock:
             next_offset = max(old.offset, old.max_end)
+        self._current = None  # retire ``old`` first: its probes must not block while it stops
         for element in (old.demuxer, old.typefind, old.reader):
             if element is not None:
                 element.set_state(Gst.State.NULL)

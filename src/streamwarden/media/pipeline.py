@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Protocol
 
@@ -81,7 +81,6 @@ class StreamPipeline:
         self._on_failure = on_failure
         self._bus_watched = False
         self._bus_handler = 0
-        self._http_status: int | None = None
         self.generation = generation
         self.branches = list(branches)
         self.pipeline = Gst.Pipeline.new(f"{spec.id}-{generation}")
@@ -128,6 +127,7 @@ class StreamPipeline:
             queue.set_property("max-size-bytes", 0)
         tee = _make("tee", "tee")
         tee.set_property("allow-not-linked", True)
+        self.tee = tee
         pipeline.add(src_bin)
         pipeline.add(queue)
         pipeline.add(tee)
@@ -175,22 +175,22 @@ class StreamPipeline:
                 branch.on_message(message)  # a sink's trouble is the sink's, not the ingest's
                 return
         report = _report_from_message(message)
-        if message.type == Gst.MessageType.ELEMENT:
-            structure = message.get_structure()
-            if structure is not None and structure.get_name() == "http-headers":
-                # souphttpsrc's errors say only "Internal data stream error"; the status
-                # it saw (0 = no connection) is what tells refused from 404 from 503.
-                found, status = structure.get_uint("http-status-code")
-                self._http_status = int(status) if found else None
-        if report is not None and report.kind == "error" and self._http_status is not None:
-            status = self._http_status
-            report = replace(
-                report,
-                rtsp_status=status if status >= 100 else report.rtsp_status,
-                debug=f"{report.debug}\nHTTP status {status}" + (" (no connection)" if status == 0 else ""),
-            )
         if report is not None:
             self._on_failure(report)
+
+    def add_branch(self, branch: Branch) -> None:
+        """Hang a branch off the running tee (loop thread), e.g. recording restarted at runtime."""
+        self.branches.append(branch)
+        try:
+            branch.attach(self.pipeline, self.tee)
+        except Exception:
+            self.branches.remove(branch)
+            raise
+
+    def remove_branch(self, branch: Branch) -> None:
+        """Forget a branch that has taken its elements out of the running pipeline itself."""
+        if branch in self.branches:
+            self.branches.remove(branch)
 
     # -- tear-down -----------------------------------------------------------------------------
     def detach(self) -> None:

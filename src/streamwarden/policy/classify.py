@@ -210,9 +210,11 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          reason=_UNAVAILABLE_REASON),
     Rule("resolve_failed", _N, _T, Action.BACKOFF, kind="error", message=r"Could not resolve",
          reason="could not resolve server name"),
-    Rule("http_no_connection", _N, _T, Action.BACKOFF, kind="error",
-         message=r"HTTP status 0 \(no connection\)",
-         reason="could not connect to the HTTP server"),
+    # curlhttpsrc reports a failed transfer (refused, reset, timed out, TLS) only as a
+    # data-flow error; HTTP statuses come as their own errors ("File not found").
+    Rule("http_transfer_failed", _N, _T, Action.BACKOFF, kind="error", element=r"curlhttpsrc",
+         message=r"Internal data stream error",
+         reason="HTTP transfer failed (connection refused, reset or timed out)"),
     Rule("no_playable_streams", _D, _REC, Action.BACKOFF, kind="error",
          message=r"contains no playable streams", reason=_DEMUX_REASON),
     Rule("internal_data_flow", _PL, _REC, Action.BACKOFF, kind="error",
