@@ -139,6 +139,12 @@ class BreakerConfig(_Model):
     open_multiplier: float = Field(default=2.0, ge=1.0, le=10.0)
     max_open_seconds: float = Field(default=600.0, gt=0, le=86_400)
 
+    @model_validator(mode="after")
+    def _cap_not_below_hold(self) -> BreakerConfig:
+        if self.max_open_seconds < self.open_seconds:
+            raise ValueError("max_open_seconds must be >= open_seconds")
+        return self
+
     def to_policy(self) -> BreakerPolicy:
         return BreakerPolicy(
             failure_threshold=self.failure_threshold,
@@ -265,6 +271,17 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out or "(root)"
 
 
+_SECRET_FIELDS = frozenset({"password", "token", "secret"})
+
+
+def _redact_value(value: object) -> str:
+    """repr() of a bad value, with URL credentials hidden even when the scheme is missing."""
+    text = redact(repr(value))
+    if isinstance(value, str) and "@" in value and "://" not in value:
+        text = redact(repr("***@" + value.rsplit("@", 1)[1]))
+    return text
+
+
 def format_validation_error(exc: ValidationError) -> list[str]:
     """One line per problem: ``field.path: message (got 'value')``, credentials redacted."""
     lines = []
@@ -274,7 +291,8 @@ def format_validation_error(exc: ValidationError) -> list[str]:
         value = error.get("input")
         shown = ""
         if error["type"] != "missing" and not isinstance(value, dict | list):
-            shown = f" (got {redact(repr(value))})"
+            secret = any(str(part).lower() in _SECRET_FIELDS for part in error["loc"])
+            shown = " (got ***)" if secret else f" (got {_redact_value(value)})"
         lines.append(redact(f"{where}: {message}{shown}"))
     return lines
 

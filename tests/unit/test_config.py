@@ -139,3 +139,33 @@ def test_redact(text: str, expected: str) -> None:
 
 def test_redact_password_with_at_sign() -> None:
     assert redact("rtsp://u:p@ss@10.0.0.1/x") == "rtsp://***@10.0.0.1/x"
+
+
+def test_secret_fields_and_schemeless_userinfo_are_never_echoed() -> None:
+    errors = _errors(
+        {
+            "streams": [
+                {"id": "a", "source": {"type": "rtsp", "uri": "rtsp://h/x", "password": 12345678}},
+                {"id": "b", "source": {"type": "rtsp", "uri": "user:pw@h/x"}},
+            ]
+        }
+    )
+    joined = "\n".join(errors)
+    assert "12345678" not in joined and "pw@" not in joined and "user" not in joined
+    assert any(e.startswith("streams[0].source.password:") and "(got ***)" in e for e in errors)
+    assert any(e.startswith("streams[1].source.uri:") and "***@h/x" in e for e in errors)
+
+
+def test_breaker_cap_below_hold_is_a_config_error() -> None:
+    errors = _errors(
+        {
+            "streams": [
+                {
+                    "id": "a",
+                    "source": {"type": "file", "path": "x.mp4"},
+                    "recovery": {"breaker": {"open_seconds": 60, "max_open_seconds": 10}},
+                }
+            ]
+        }
+    )
+    assert errors == ["streams[0].recovery.breaker: max_open_seconds must be >= open_seconds"]
