@@ -59,6 +59,7 @@ class HealthSnapshot:
     errors_total: int
     errors_by_category: dict[str, int]
     recoveries_total: int
+    recoveries_by_category: dict[str, int]
     recovery_seconds_last: float | None
     recovery_seconds_p50: float | None
     recovery_seconds_p95: float | None
@@ -85,6 +86,9 @@ class StreamHealth:
     errors_by_key: Counter[tuple[str, str]] = field(default_factory=Counter)
     recoveries: deque[float] = field(default_factory=lambda: deque(maxlen=200))
     recoveries_total: int = 0
+    recoveries_by_category: Counter[str] = field(default_factory=Counter)
+    # Last frame of attempts already closed: the age keeps growing through an outage.
+    _closed_last_frame_at: float | None = None
     attempts_total: int = 0
     playing_since: float | None = None
     _samples: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=64))
@@ -106,6 +110,8 @@ class StreamHealth:
         self._closed_bytes += meter.bytes
         self._closed_keyframes += meter.keyframes
         self.max_frame_gap = max(self.max_frame_gap, meter.max_gap)
+        if meter.last_frame_at is not None:
+            self._closed_last_frame_at = meter.last_frame_at
         self.meter = None
 
     @property
@@ -118,15 +124,20 @@ class StreamHealth:
 
     @property
     def last_frame_at(self) -> float | None:
-        return self.meter.last_frame_at if self.meter else None
+        """The newest frame of the running attempt, or of an earlier one during an outage."""
+        if self.meter is not None and self.meter.last_frame_at is not None:
+            return self.meter.last_frame_at
+        return self._closed_last_frame_at
 
     def record_error(self, category: str, transience: str) -> None:
         self.errors[category] += 1
         self.errors_by_key[(category, transience)] += 1
 
-    def record_recovery(self, seconds: float) -> None:
+    def record_recovery(self, seconds: float, category: str = "unknown") -> None:
+        """``category`` is that of the failure that started the outage."""
         self.recoveries.append(seconds)
         self.recoveries_total += 1
+        self.recoveries_by_category[category] += 1
 
     def sample(self) -> None:
         """Take a (time, frames, bytes) sample; called by the engine tick."""
@@ -161,6 +172,7 @@ class StreamHealth:
             errors_total=sum(self.errors.values()),
             errors_by_category={str(k): v for k, v in self.errors.items()},
             recoveries_total=self.recoveries_total,
+            recoveries_by_category=dict(self.recoveries_by_category),
             recovery_seconds_last=round(self.recoveries[-1], 3) if self.recoveries else None,
             recovery_seconds_p50=_percentile(ordered, 50),
             recovery_seconds_p95=_percentile(ordered, 95),

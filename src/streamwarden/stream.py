@@ -67,6 +67,7 @@ class StreamSupervisor:
         self._timer: GLib.Source | None = None
         self._retry_at: float | None = None
         self._outage_started: float | None = None
+        self._outage_category = "unknown"  # category of the failure that started the outage
         self._attempt_started: float = 0.0
         self.transport = self._initial_transport()
         self.last_error: Classification | None = None
@@ -158,6 +159,7 @@ class StreamSupervisor:
         self.last_error_detail = detail
         if self._outage_started is None:
             self._outage_started = self._svc.clock()
+            self._outage_category = str(verdict.category)
         self.health.playing_since = None
         self._teardown(finalize_recording=True)
         reason = f"{verdict.category}: {verdict.reason} ({detail})"
@@ -339,7 +341,7 @@ class StreamSupervisor:
         reason = "first frame"
         if self._outage_started is not None:
             recovery = now - self._outage_started
-            self.health.record_recovery(recovery)
+            self.health.record_recovery(recovery, self._outage_category)
             reason = f"recovered in {recovery:.2f} s"
             self._outage_started = None
         self._move(StreamState.PLAYING, reason)
