@@ -105,7 +105,7 @@ def _table(engine: Engine, elapsed: float, duration: float, status: str) -> Grou
     table = Table(title=f"streamwarden demo — {elapsed:4.0f} / {duration:.0f} s", expand=True)
     for column in ("stream", "state", "fps", "last frame", "recov.", "last recov."):
         table.add_column(column, no_wrap=True)
-    table.add_column("reason", overflow="fold", min_width=24, ratio=1)
+    table.add_column("reason", overflow="ellipsis", no_wrap=True, min_width=20, ratio=1)
     for info in engine.list_streams():
         health = info["health"]
         state = StreamState(info["state"])
