@@ -28,6 +28,20 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/streamwarden demo
 
+# The long chaos run: faults on a seeded schedule for 120 s, then 1,000 add/remove cycles.
+chaos: setup
+	$(VENV)/bin/streamwarden chaos --streams 8 --duration 120 --seed 1 --churn-cycles 1000 --report chaos-report.md
+
+# Benchmarks (issue 7): streamwarden vs bare gst-launch vs ffmpeg, recovery, API latency, profile.
+# BENCH_ARGS=--quick for a ~3 min smoke run. Writes bench/results/<UTC>.md, latest.md and a PNG.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: debs $(BENCH_STAMP)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

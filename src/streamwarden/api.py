@@ -12,6 +12,10 @@ apply uniformly; the OpenAPI document declares the same schemas by hand.
 """
 
 import asyncio
+
+# asyncio.to_thread imports this lazily, at the first request: a process out of descriptors
+# (EMFILE) could not, and every engine call answered 500 until descriptors came back.
+import concurrent.futures.thread  # noqa: F401
 import copy
 import hmac
 import ipaddress

@@ -1,4 +1,4 @@
-"""Command line: ``streamwarden validate|run|demo`` and the API clients ``status|add|remove|resume``.
+"""Command line: ``streamwarden validate|run|demo|chaos`` and the API clients ``status|add|remove|resume``.
 
 Exit codes are part of the contract: 0 clean stop, 2 invalid config or usage,
 3 the engine (or its API) could not start, 130 interrupted twice (forced).
@@ -131,7 +131,7 @@ def run_engine(config: Config, *, stop_timeout: float = 10.0, config_path: Path 
     signal.signal(signal.SIGTERM, _on_signal)
     store = StateStore.for_config(config_path) if config_path is not None else None
     try:
-        engine = Engine(config.engine)
+        engine = Engine(config.engine, rtsp_server=config.rtsp_server, recording=config.recording)
         # Before any stream exists, so metrics and the state saver see every event.
         api = create_app(
             engine,
@@ -366,6 +366,34 @@ def demo(
     from streamwarden.demo import run_demo
 
     raise typer.Exit(run_demo(duration=duration, workdir=workdir))
+
+
+@app.command()
+def chaos(  # noqa: PLR0917 - typer options
+    streams: Annotated[int, typer.Option(min=2, max=32, help="streams (half RTSP via fault proxies)")] = 8,
+    duration: Annotated[float, typer.Option(min=5, max=3600, help="seconds of fault injection")] = 120.0,
+    seed: Annotated[int, typer.Option(help="seed of the fault schedule")] = 1,
+    report: Annotated[Path | None, typer.Option(help="write the markdown report here")] = None,
+    churn_cycles: Annotated[int, typer.Option(min=0, max=100_000, help="add/remove cycles after")] = 0,
+    workdir: Annotated[Path | None, typer.Option(help="keep clips, logs and recordings here")] = None,
+) -> None:
+    """Inject camera, network, media and engine faults on a seeded schedule; report what was lost.
+
+    Exit 0 when every check passed (no frame lost outside outages, every file playable, no
+    unhandled exception, every stream PLAYING at the end, no credential leaked), 1 otherwise.
+    """
+    from streamwarden.chaos import main_chaos
+
+    raise typer.Exit(
+        main_chaos(
+            streams=streams,
+            duration=duration,
+            seed=seed,
+            report_path=report,
+            churn_cycles=churn_cycles,
+            workdir=workdir,
+        )
+    )
 
 
 def main() -> None:

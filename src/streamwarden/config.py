@@ -7,6 +7,7 @@ ignored setting.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,9 +29,21 @@ from streamwarden.policy.backoff import BackoffPolicy, JitterMode
 from streamwarden.policy.breaker import BreakerPolicy
 from streamwarden.policy.classify import Rule, rule_from_mapping
 from streamwarden.policy.quarantine import QuarantinePolicy
+from streamwarden.recording.naming import DEFAULT_FILE_TEMPLATE, validate_template
 from streamwarden.redact import redact
 
 STREAM_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _no_control_chars(value: str) -> str:
+    """A NUL cannot reach the OS, and a newline in a path or URL forges log lines: refused."""
+    if _CONTROL_CHARS.search(value):
+        raise ValueError("must not contain control characters (NUL, newline, tab, ...)")
+    return value
+
+
+PathText = Annotated[str, Field(min_length=1), AfterValidator(_no_control_chars)]
 
 
 class _Model(BaseModel):
@@ -51,7 +65,7 @@ class FileSource(_Model):
     """A local MP4/MKV/TS file played in a seamless loop, as if it were a live camera."""
 
     type: Literal["file"]
-    path: str = Field(min_length=1)
+    path: PathText
 
 
 class RtspSource(_Model):
@@ -68,7 +82,7 @@ class RtspSource(_Model):
     @field_validator("uri")
     @classmethod
     def _rtsp_uri(cls, value: str) -> str:
-        parts = urlsplit(value)
+        parts = urlsplit(_no_control_chars(value))
         if parts.scheme not in ("rtsp", "rtsps", "rtspt") or not parts.hostname:
             raise ValueError("must be an rtsp://host[:port]/path URL")
         _check_port(parts.port if _port_is_numeric(value) else -1)
@@ -85,7 +99,7 @@ class HttpSource(_Model):
     @field_validator("uri")
     @classmethod
     def _http_uri(cls, value: str) -> str:
-        parts = urlsplit(value)
+        parts = urlsplit(_no_control_chars(value))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s)://host[:port]/path URL")
         _check_port(parts.port if _port_is_numeric(value) else -1)
@@ -176,10 +190,41 @@ class RecoveryConfig(_Model):
 
 
 class RecordConfig(_Model):
-    dir: str = Field(min_length=1)
+    """Per-stream recording. Retention and disk-guard fields left unset fall back to ``recording:``."""
+
+    dir: PathText
     format: RecordFormat = RecordFormat.MKV
     segment_seconds: float = Field(default=60.0, gt=0, le=86_400)
     segment_bytes: int | None = Field(default=None, gt=0)
+    # strftime-style (UTC segment start) plus {stream_id}; relative to dir; the extension is added.
+    file_template: str = DEFAULT_FILE_TEMPLATE
+    max_age_seconds: float | None = Field(default=None, gt=0)
+    max_total_bytes: int | None = Field(default=None, gt=0)
+    min_free_bytes: int | None = Field(default=None, ge=0)
+    min_free_percent: float | None = Field(default=None, ge=0, le=100)
+
+    @field_validator("file_template")
+    @classmethod
+    def _template_stays_inside_dir(cls, value: str) -> str:
+        return validate_template(value)
+
+
+class RecordingConfig(_Model):
+    """Engine-wide recording settings: the segment index, global retention, disk guard, retries."""
+
+    # One SQLite index for every stream; unset: ``<record.dir>/segments.sqlite3`` per directory.
+    index_path: str | None = None
+    max_total_bytes: int | None = Field(default=None, gt=0)
+    max_age_seconds: float | None = Field(default=None, gt=0)
+    # Below this much free space on a recording's file system that recorder pauses.
+    min_free_bytes: int | None = Field(default=256 * 1024 * 1024, ge=0)
+    min_free_percent: float | None = Field(default=None, ge=0, le=100)
+    # How often the disk guard and retention run (from the engine tick, off the loop thread).
+    check_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Backoff between retries of a recorder that failed to write (the ingest is never touched).
+    retry: BackoffConfig = Field(
+        default_factory=lambda: BackoffConfig(initial_seconds=1.0, max_seconds=60.0, reset_after_seconds=60.0)
+    )
 
 
 class StreamSpec(_Model):
@@ -199,9 +244,38 @@ class ApiConfig(_Model):
     read_only_open: bool = False
 
 
+class OutageMode(StrEnum):
+    HOLD = "hold"  # send nothing while the source is down; clients stay connected
+    SLATE = "slate"  # send a "signal lost" still at ~1 fps so players do not time out
+
+
+class RtspAuthMethod(StrEnum):
+    BASIC = "basic"
+    DIGEST = "digest"
+
+
+class RtspUser(_Model):
+    username: str = Field(min_length=1, max_length=128, pattern=r"^[^:\s]+$")
+    password: SecretStr
+
+
 class RtspServerConfig(_Model):
     host: str = "0.0.0.0"
-    port: int = Field(default=8554, ge=0, lt=65536)
+    port: int = Field(default=8554, ge=0, lt=65536)  # 0: any free port (see Engine.rtsp_port)
+    max_clients: int = Field(default=64, ge=1, le=10_000)
+    max_clients_per_stream: int = Field(default=16, ge=1, le=10_000)
+    # A client that sends nothing (no RTCP, no keep-alive request) is dropped after this.
+    session_timeout_seconds: int = Field(default=60, ge=5, le=3600)
+    # How long a DESCRIBE waits for the first frame of a stream that has never played (then 503).
+    describe_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    outage: OutageMode = OutageMode.HOLD
+    # No frame for this long counts as an outage (slate starts, describe() says so).
+    outage_after_seconds: float = Field(default=2.0, gt=0, le=60)
+    # Empty (and no STREAMWARDEN_RTSP_USER/_PASSWORD in the environment): no authentication.
+    users: list[RtspUser] = Field(default_factory=list)
+    # One scheme (gst-rtsp-server's Python binding cannot offer both): digest keeps passwords
+    # off the wire; basic for clients that know nothing else.
+    auth_method: RtspAuthMethod = RtspAuthMethod.DIGEST
 
 
 class ReconnectBudgetConfig(_Model):
@@ -237,6 +311,7 @@ class Config(_Model):
     api: ApiConfig = Field(default_factory=ApiConfig)
     rtsp_server: RtspServerConfig = Field(default_factory=RtspServerConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    recording: RecordingConfig = Field(default_factory=RecordingConfig)
     streams: list[StreamSpec] = Field(default_factory=list)
 
     @field_validator("streams")
@@ -322,8 +397,12 @@ def load_config(path: str | Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text (byte {exc.start})"]) from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(str(path), ["invalid YAML: nested too deeply"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -335,6 +414,9 @@ def load_config(path: str | Path) -> Config:
 
 def resolve_relative_paths(config: Config, base: Path) -> Config:
     """Relative file and recording paths are relative to the config file, not the cwd."""
+    index_path = config.recording.index_path
+    if index_path is not None and not Path(index_path).is_absolute():
+        config.recording.index_path = str(base / index_path)
     for stream in config.streams:
         if isinstance(stream.source, FileSource) and not Path(stream.source.path).is_absolute():
             stream.source.path = str(base / stream.source.path)

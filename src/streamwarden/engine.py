@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import gi
@@ -18,13 +19,24 @@ import gi
 gi.require_version("Gst", "1.0")
 from gi.repository import Gst  # noqa: E402
 
-from streamwarden.config import EngineConfig, RecoveryConfig, SourceSpec, StreamSpec, redacted_spec  # noqa: E402
+from streamwarden.config import (  # noqa: E402
+    EngineConfig,
+    RecordConfig,
+    RecordingConfig,
+    RecoveryConfig,
+    RtspServerConfig,
+    SourceSpec,
+    StreamSpec,
+    redacted_spec,
+)
 from streamwarden.health import HealthSnapshot  # noqa: E402
 from streamwarden.media.loop import LoopThread  # noqa: E402
-from streamwarden.media.pipeline import DisposalStats  # noqa: E402
-from streamwarden.media.recorder import recorder_branch  # noqa: E402
+from streamwarden.media.pipeline import DisposalStats, StreamPipeline  # noqa: E402
+from streamwarden.media.recorder_service import RecordingService  # noqa: E402
+from streamwarden.media.rtspserver import RtspServer  # noqa: E402
 from streamwarden.policy.classify import Classifier  # noqa: E402
 from streamwarden.policy.token_bucket import TokenBucket  # noqa: E402
+from streamwarden.recording.index import Gap, SegmentRecord  # noqa: E402
 from streamwarden.state import StreamState, TransitionEvent  # noqa: E402
 from streamwarden.stream import EngineServices, StreamSupervisor, source_kind  # noqa: E402
 
@@ -51,13 +63,19 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         name: str = "streamwarden",
+        rtsp_server: RtspServerConfig | None = None,
+        recording: RecordingConfig | None = None,
     ) -> None:
         Gst.init(None)
         self.config = config or EngineConfig()
         self.loop = LoopThread(name=f"{name}-glib")
+        # Re-serving (streams with serve: true); attached to this engine's loop context.
+        self.rtsp_server = RtspServer(rtsp_server, self.loop) if rtsp_server is not None else None
         self._streams: dict[str, StreamSupervisor] = {}
         self._listeners: list[Callable[[str, TransitionEvent], None]] = []
         self.disposal = DisposalStats()
+        # Recorders, segment index, retention and disk guard (streams with a record section).
+        self.recording = RecordingService(recording or RecordingConfig(), self.loop, self._pipeline_of)
         budget = self.config.reconnect_budget
         self.services = EngineServices(
             loop=self.loop,
@@ -69,8 +87,12 @@ class Engine:
             clock=clock,
             rng=rng,
             on_event=self._dispatch_event,
-            branch_factories=[recorder_branch],
+            branch_factories=[self.recording.branch_for],
+            recording=self.recording,
+            serve_status=self.rtsp_server.status if self.rtsp_server is not None else None,
         )
+        if self.rtsp_server is not None:
+            self.services.branch_factories.append(self.rtsp_server.branch_for)
         self._started = False
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -78,8 +100,20 @@ class Engine:
         if self._started:
             return
         self.loop.start()
+        self.recording.start()
         self.loop.call_sync(lambda: self.loop.timeout(TICK_SECONDS, self._tick))
+        if self.rtsp_server is not None:
+            try:
+                self.loop.call_sync(self.rtsp_server.start)
+            except Exception:
+                self.loop.stop()
+                raise
         self._started = True
+
+    @property
+    def rtsp_port(self) -> int | None:
+        """The RTSP server's bound port (the real one when configured with port 0)."""
+        return self.rtsp_server.port if self.rtsp_server is not None else None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every stream (closing recordings), then the loop; bounded by ``timeout``."""
@@ -90,9 +124,15 @@ class Engine:
             self.loop.call_sync(self._stop_all, timeout=timeout)
         except TimeoutError:
             log.error("engine stop: streams did not stop within %.1f s", timeout)
+        if self.rtsp_server is not None:
+            try:
+                self.loop.call_sync(self.rtsp_server.stop, timeout=max(0.5, deadline - time.monotonic()))
+            except Exception:
+                log.exception("engine stop: the RTSP server did not stop cleanly")
         # Give disposal threads (recording finalisation) their bounded time.
         while self.pending_disposals() and time.monotonic() < deadline:
             time.sleep(0.05)
+        self.recording.close(timeout=max(1.0, deadline - time.monotonic()))  # last segments indexed
         self.loop.stop(timeout=max(0.5, deadline - time.monotonic()))
         self._started = False
 
@@ -119,6 +159,8 @@ class Engine:
                 raise StreamExistsError(spec.id)
             supervisor = StreamSupervisor(spec, self.services)
             self._streams[spec.id] = supervisor
+            self.recording.register(spec)  # recovers crash leftovers even if the stream stays off
+            self._sync_mount(spec)
             supervisor._guarded(supervisor.start)
 
         self._call(_add)
@@ -128,11 +170,19 @@ class Engine:
             supervisor = self._get(stream_id)
             supervisor.stop("removed")
             del self._streams[stream_id]
+            self.recording.forget(stream_id)
+            if self.rtsp_server is not None:
+                self.rtsp_server.remove_stream(stream_id)
 
         self._call(_remove)
 
     def update_stream(self, spec: StreamSpec) -> None:
-        self._call(lambda: self._get(spec.id).update_spec(spec))
+        def _update() -> None:
+            supervisor = self._get(spec.id)
+            self._sync_mount(spec)  # before the restart, so its attempt gets the serve branch
+            supervisor.update_spec(spec)
+
+        self._call(_update)
 
     def replace_source(self, stream_id: str, source: SourceSpec) -> None:
         def _replace() -> None:
@@ -152,6 +202,49 @@ class Engine:
 
     def stop_stream(self, stream_id: str) -> None:
         self._call(lambda: self._get(stream_id).stop())
+
+    # -- recording -----------------------------------------------------------------------------
+    def start_recording(self, stream_id: str) -> None:
+        """(Re)start a stream's recorder; the ingest is not touched. ValueError: no record section."""
+        self._call(lambda: self.recording.start_recording(self._get(stream_id).spec))
+
+    def stop_recording(self, stream_id: str) -> None:
+        """Close the current segment and stop recording; the ingest and other sinks go on."""
+        self._call(lambda: self.recording.stop_recording(self._get(stream_id).spec))
+
+    def segments(
+        self, stream_id: str, since: datetime | float | None = None, until: datetime | float | None = None
+    ) -> list[SegmentRecord]:
+        """Indexed segments of a stream overlapping [since, until] (UTC datetimes or epoch), oldest first."""
+        record = self._record_config(stream_id)
+        return self.recording.segments(stream_id, record, since, until)
+
+    def recording_gaps(
+        self,
+        stream_id: str,
+        since: datetime | float | None = None,
+        until: datetime | float | None = None,
+        min_seconds: float = 1.0,
+    ) -> list[Gap]:
+        """Holes between consecutive segments (outages, pauses, stopped recording)."""
+        record = self._record_config(stream_id)
+        return self.recording.gaps(stream_id, record, since, until, min_seconds)
+
+    def reconcile_recordings(self, stream_id: str, timeout: float = 60.0) -> dict[str, int]:
+        """Recover leftovers, index orphan files, drop rows without files (blocking, off the loop)."""
+        record = self._record_config(stream_id)
+        recorder = self._call(lambda: self.recording.recorder(stream_id))
+        open_paths = recorder.open_paths if recorder is not None else set
+        service = self.recording
+        return service.maintenance.submit(lambda: service.reconcile(stream_id, record, open_paths)).result(
+            timeout
+        )
+
+    def _record_config(self, stream_id: str) -> RecordConfig:
+        record = self.spec(stream_id).record
+        if record is None:
+            raise ValueError(f"stream {stream_id!r} has no record section")
+        return record
 
     # -- reading -------------------------------------------------------------------------------
     def stream_ids(self) -> list[str]:
@@ -194,6 +287,15 @@ class Engine:
             "health": supervisor.health.snapshot().as_dict(),
         }
 
+    def _sync_mount(self, spec: StreamSpec) -> None:
+        """Mount or unmount ``/<id>`` on the RTSP server to follow ``spec.serve``."""
+        if self.rtsp_server is None:
+            return
+        if spec.serve:
+            self.rtsp_server.add_stream(spec.id)
+        else:
+            self.rtsp_server.remove_stream(spec.id)
+
     def _get(self, stream_id: str) -> StreamSupervisor:
         try:
             return self._streams[stream_id]
@@ -208,7 +310,15 @@ class Engine:
     def _tick(self) -> bool:
         for supervisor in list(self._streams.values()):
             supervisor._guarded(supervisor.tick)
+        try:
+            self.recording.tick()
+        except Exception:
+            log.exception("recording tick failed")
         return True
+
+    def _pipeline_of(self, stream_id: str) -> StreamPipeline | None:
+        supervisor = self._streams.get(stream_id)
+        return supervisor.pipeline if supervisor is not None else None
 
     def _stop_all(self) -> None:
         for supervisor in list(self._streams.values()):

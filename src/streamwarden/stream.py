@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gi.repository import GLib
 
@@ -25,8 +25,12 @@ from streamwarden.policy.breaker import CircuitBreaker
 from streamwarden.policy.classify import Action, Category, Classification, Classifier, ErrorReport
 from streamwarden.policy.quarantine import Quarantine
 from streamwarden.policy.token_bucket import TokenBucket
+from streamwarden.recording.index import CloseReason
 from streamwarden.redact import redact
 from streamwarden.state import StateMachine, StreamState, TransitionEvent
+
+if TYPE_CHECKING:
+    from streamwarden.media.recorder_service import RecordingService
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,10 @@ class EngineServices:
     on_event: Callable[[str, TransitionEvent], None] | None = None
     # Each returns the branch (recorder, RTSP re-serve, ...) a spec needs, or None.
     branch_factories: list[Callable[[StreamSpec], Branch | None]] = field(default_factory=list)
+    # The RTSP server's health of a served stream (None: not mounted), readable from any thread.
+    serve_status: Callable[[str], dict[str, Any] | None] | None = None
+    # Per-stream recorders (state across attempts, segment index); None: recording not wired.
+    recording: RecordingService | None = None
 
 
 class StreamSupervisor:
@@ -86,14 +94,15 @@ class StreamSupervisor:
 
     def stop(self, reason: str = "stopped by operator") -> None:
         self._cancel_timer()
-        self._teardown(finalize_recording=True)
+        closing = CloseReason.SHUTDOWN if reason == "engine shutdown" else CloseReason.STOPPED
+        self._teardown(finalize_recording=True, close_reason=closing)
         if self.state != StreamState.STOPPED:
             self._move(StreamState.STOPPED, reason)
 
     def restart(self, reason: str = "restart requested") -> None:
         """Fresh attempt now, counters kept (operator action or changed spec)."""
         self._cancel_timer()
-        self._teardown(finalize_recording=True)
+        self._teardown(finalize_recording=True, close_reason=CloseReason.STOPPED)
         self.transport = self._initial_transport()
         if self.state != StreamState.STARTING:
             self._move(StreamState.STARTING, reason)
@@ -217,15 +226,21 @@ class StreamSupervisor:
                 "detail": self.last_error_detail,
             },
             "recorder": self._recorder_status(),
-            "server": {"active": False, "reason": "RTSP re-serving is not active yet"}
-            if self.spec.serve
-            else None,
+            "server": self._server_status(),
         }
 
     # -- internals -----------------------------------------------------------------------------
+    def _server_status(self) -> dict[str, Any] | None:
+        if not self.spec.serve:
+            return None
+        status = self._svc.serve_status(self.id) if self._svc.serve_status is not None else None
+        return status or {"active": False, "clients": 0, "reason": "no RTSP server configured"}
+
     def _recorder_status(self) -> dict[str, Any] | None:
         if self.spec.record is None:
             return None
+        if self._svc.recording is not None:
+            return self._svc.recording.describe(self.spec)
         return {
             "active": self.pipeline is not None
             and self.state in (StreamState.PLAYING, StreamState.CONNECTING),
@@ -346,10 +361,13 @@ class StreamSupervisor:
             self._outage_started = None
         self._move(StreamState.PLAYING, reason)
 
-    def _teardown(self, finalize_recording: bool) -> None:
+    def _teardown(self, finalize_recording: bool, close_reason: CloseReason = CloseReason.OUTAGE) -> None:
         pipeline = self.pipeline
         if pipeline is None:
             return
+        if self._svc.recording is not None:
+            # Before disposal: the recording's last segment is labelled with why it closed.
+            self._svc.recording.attempt_ending(self.id, pipeline, close_reason)
         self.pipeline = None
         self._generation += 1  # anything still in flight from it is now stale
         self.health.close_meter()

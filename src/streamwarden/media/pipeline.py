@@ -140,7 +140,8 @@ class StreamPipeline:
             clocksync.link(tee)
         else:
             queue.link(tee)
-        _pad(tee, "sink").add_probe(Gst.PadProbeType.BUFFER, self._on_buffer)
+        self._probe_pad = _pad(tee, "sink")
+        self._probe_id = self._probe_pad.add_probe(Gst.PadProbeType.BUFFER, self._on_buffer)
 
         discard = _make("fakesink", "discard")
         discard.set_property("sync", False)
@@ -161,11 +162,18 @@ class StreamPipeline:
         return bool(result != Gst.StateChangeReturn.FAILURE)
 
     def _on_buffer(self, _pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
-        buffer = info.get_buffer()
-        if buffer is not None:
-            keyframe = not buffer.has_flags(Gst.BufferFlags.DELTA_UNIT)
-            if self._meter.on_frame(buffer.get_size(), keyframe):
-                self._loop.schedule(self._on_first_frame)
+        try:
+            buffer = info.get_buffer()
+            if buffer is not None:
+                keyframe = not buffer.has_flags(Gst.BufferFlags.DELTA_UNIT)
+                if self._meter.on_frame(buffer.get_size(), keyframe):
+                    self._loop.schedule(self._on_first_frame)
+        except Exception as exc:
+            # A streaming thread: uncaught, this would reach only sys.excepthook (no log, no
+            # redaction) and the frame would be dropped. It is this stream's failure instead.
+            log.exception("[%s] frame probe failed", self.stream_id)
+            report = ErrorReport(kind="internal", message=f"frame probe: {type(exc).__name__}: {exc}")
+            self._loop.schedule(lambda: self._on_failure(report))
         return Gst.PadProbeReturn.OK
 
     def _on_bus_message(self, _bus: Gst.Bus, message: Gst.Message) -> None:
@@ -222,6 +230,9 @@ class StreamPipeline:
                 except Exception:
                     log.exception("[%s] branch %s failed to finish", self.stream_id, branch.name)
             _set_null(pipeline, self.stream_id, stats, timeout)
+            # The probe's closure holds this object, which holds the pipeline that holds the probe:
+            # a cycle through C that Python's collector cannot see. Cut it, or every attempt leaks.
+            self._probe_pad.remove_probe(self._probe_id)
             for branch in self.branches:
                 try:
                     branch.disposed()

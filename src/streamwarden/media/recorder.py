@@ -1,48 +1,146 @@
-"""Recording branch: time/size-rotated segments written by splitmuxsink, pass-through.
+"""Recording branch: one attempt's ``queue ! splitmuxsink`` on the stream's tee, pass-through.
 
-Crash tolerance comes from the muxer set-ups measured in shared/notes (SIGKILL table):
+Muxer set-ups follow the SIGKILL table in shared/notes (re-measured for docs/recording.md):
 Matroska through an unbuffered filesink, or MP4 with 1 s fragments, keep the file being
-written playable. Segment-close on tear-down: EOS into the recording branch only, then
-wait (bounded) for splitmuxsink to report the newest segment closed; NULL straight away
-loses MP4's index.
+written playable. Files are written as ``<name>.part.<ext>`` and handed to the recorder
+(``BranchOwner``) when closed, which validates, renames and indexes them off the loop.
+
+A write failure (disk full, EIO, directory gone) must never reach the ingest: splitmuxsink
+errors make the record queue's task stop with a flow error, and the next buffer the tee
+pushes into that queue would get the error back and end the whole pipeline. The entry
+probe on the queue's sink pad therefore drops every buffer once the queue's src pad has
+seen a flow error (or the branch was marked failed), before the queue's chain runs; the
+owner then takes the branch out of the running pipeline and retries with a fresh one.
+
+Threads: ``attach``/``detach``/``on_message`` run on the loop thread; the probes and
+``format-location-full`` on streaming threads (counters and a path only); ``finish`` and
+``disposed`` on the pipeline's disposal thread. A branch leaving a running pipeline sets its
+elements to NULL on a short-lived ``dispose-recorder-*`` thread, for the same reason the
+pipeline does: a writer stuck in ``write()`` (a hung NFS mount) must not freeze the loop.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
-from streamwarden.config import RecordConfig, RecordFormat, StreamSpec
-from streamwarden.media.gst import Gst
+from streamwarden.config import RecordConfig, RecordFormat
+from streamwarden.media.gst import GLib, Gst
+from streamwarden.media.loop import LoopThread
 from streamwarden.media.pipeline import add_chain, inside, make_element, pad_of
+from streamwarden.recording.index import CloseReason
+from streamwarden.recording.naming import render_template
 
 log = logging.getLogger(__name__)
 
+# How long a runtime detach waits for the last segment to be closed before forcing NULL.
+DETACH_TIMEOUT = 5.0
+_RESOURCE_DOMAIN = "gst-resource-error-quark"
+
+
+@dataclass
+class OpenSegment:
+    """A segment file this branch opened; ``handed_off`` once given to the owner."""
+
+    sequence: int
+    part: Path
+    final: Path
+    start_time: float  # UTC epoch seconds of its first frame
+    opened: bool = False
+    handed_off: bool = False
+
+
+class BranchState(StrEnum):
+    ATTACHED = "attached"
+    DETACHING = "detaching"  # leaving a running pipeline, or finishing before disposal
+    DONE = "done"
+
+
+class BranchOwner(Protocol):
+    """The per-stream recorder a branch reports to."""
+
+    def claim_segment(self, relative_stem: str) -> tuple[Path, Path]:
+        """(part, final) paths for a new segment, unused on disk and by any branch (streaming thread)."""
+        ...
+
+    def segment_opened(self, branch: RecorderBranch, segment: OpenSegment) -> None:
+        """splitmuxsink opened the file (loop thread)."""
+
+    def segment_closed(
+        self,
+        branch: RecorderBranch,
+        segment: OpenSegment,
+        reason: CloseReason,
+        frames: int | None,
+        clean: bool,
+    ) -> None:
+        """The file is closed; ``clean`` False when it may lack its end (any thread)."""
+
+    def branch_failed(self, branch: RecorderBranch, message: str, category: str) -> None:
+        """A write or muxing error inside the branch (loop thread)."""
+
+    def branch_done(self, branch: RecorderBranch) -> None:
+        """Every element of the branch is in NULL and every segment handed off (any thread)."""
+
 
 class RecorderBranch:
-    """One attempt's recorder: ``queue ! splitmuxsink`` hanging off the stream's tee."""
+    """``queue ! splitmuxsink`` hanging off the stream's tee, for one attempt or less."""
 
     name = "recorder"
 
-    def __init__(self, stream_id: str, record: RecordConfig) -> None:
+    def __init__(
+        self, stream_id: str, record: RecordConfig, *, owner: BranchOwner, loop: LoopThread, serial: int = 0
+    ) -> None:
         self.stream_id = stream_id
         self.record = record
-        self.directory = Path(record.dir) / stream_id
-        self.segment_paths: list[str] = []  # every file this attempt opened, oldest first
-        self.errors: list[str] = []
-        self._bin: Gst.Element | None = None
+        self.directory = Path(record.dir)
+        self.owner = owner
+        self.serial = serial
+        self._loop = loop
+        self.state = BranchState.ATTACHED
+        self.close_reason = CloseReason.OUTAGE
+        self.attempt_ended = False  # the whole pipeline is being disposed: leave NULL to it
+        self.failed = False
+        self.segments: list[OpenSegment] = []
+        self.frames_in = 0  # frames the recorder accepted (from its first keyframe)
+        self.frames_skipped = 0  # frames before the first keyframe (a segment starts on one)
+        self.frames_dropped = 0  # frames dropped because the branch had failed
+        self.attached_at = time.monotonic()
+        self.last_in_at: float | None = None
+        self.last_mux_at: float | None = None
+        self._keyframe_seen = False
+        self._mux_counts: defaultdict[int, int] = defaultdict(int)
+        self._mux_sequence = 0
+        self._eos_sent = False
+        self._lock = threading.Lock()
+        self._pipeline: Gst.Pipeline | None = None
+        self._tee: Gst.Element | None = None
+        self._tee_pad: Gst.Pad | None = None
         self._queue: Gst.Element | None = None
+        self._split: Gst.Element | None = None
+        self._queue_src: Gst.Pad | None = None
+        self._detach_timer: GLib.Source | None = None
+        # Probes and signal handlers hold this object from C: cut once NULL (see _cut_cycles).
+        self._probes: list[tuple[Gst.Pad, int]] = []
+        self._handlers: list[tuple[Gst.Element, int]] = []
 
+    # -- construction (loop thread) --------------------------------------------------------
     def attach(self, pipeline: Gst.Pipeline, tee: Gst.Element) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        queue = make_element("queue", "record-queue")
+        """Build and link; into a pipeline that is already running when recording restarts."""
+        suffix = f"-{self.serial}" if self.serial else ""
+        queue = make_element("queue", f"record-queue{suffix}")
         queue.set_property("max-size-time", 5 * Gst.SECOND)
         queue.set_property("max-size-buffers", 0)
         queue.set_property("max-size-bytes", 0)
         queue.set_property("leaky", 2)  # a slow disk drops for the recorder only
-        split = make_element("splitmuxsink", "recorder")
+        split = make_element("splitmuxsink", f"recorder{suffix}")
         split.set_property("max-size-time", int(self.record.segment_seconds * Gst.SECOND))
         if self.record.segment_bytes:
             split.set_property("max-size-bytes", self.record.segment_bytes)
@@ -58,71 +156,292 @@ class RecorderBranch:
         sink.set_property("async", False)
         split.set_property("muxer", muxer)
         split.set_property("sink", sink)
-        split.connect("format-location", self._next_segment)
-        add_chain(pipeline, tee, [queue, split])
-        self._bin = split
-        self._queue = queue
+        self._handlers.append((muxer, muxer.connect("pad-added", self._on_muxer_pad)))
+        self._handlers.append((split, split.connect("format-location-full", self._next_segment)))
+        queue_sink = pad_of(queue, "sink")
+        self._queue_src = pad_of(queue, "src")
+        self._probes.append((queue_sink, queue_sink.add_probe(Gst.PadProbeType.BUFFER, self._on_entry)))
+        self._pipeline, self._tee, self._queue, self._split = pipeline, tee, queue, split
+        _result, current, pending = pipeline.get_state(0)
+        if current == Gst.State.NULL and pending in (Gst.State.VOID_PENDING, Gst.State.NULL):
+            add_chain(pipeline, tee, [queue, split])
+        else:
+            # Running: the elements must be PLAYING before the tee pushes into them (a flushing
+            # pad would hand FLUSHING back to the tee and stop the ingest).
+            pipeline.add(queue)
+            pipeline.add(split)
+            if not queue.link(split):
+                raise RuntimeError("cannot link record queue to splitmuxsink")
+            split.sync_state_with_parent()
+            queue.sync_state_with_parent()
+            tee_pad = tee.request_pad_simple("src_%u")
+            if tee_pad is None or tee_pad.link(queue_sink) != Gst.PadLinkReturn.OK:
+                raise RuntimeError("cannot link the tee to the record queue")
+        self._tee_pad = queue_sink.get_peer()
 
-    def _next_segment(self, _split: Gst.Element, _index: int) -> str:
-        path = segment_path(self.directory, self.stream_id, self.record.format.value)
-        self.segment_paths.append(path)
-        return path
+    # -- streaming threads ------------------------------------------------------------------
+    def _on_entry(self, _pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        buffer = info.get_buffer()
+        if buffer is None:
+            return Gst.PadProbeReturn.OK
+        queue_src = self._queue_src
+        if self.failed or (
+            queue_src is not None and queue_src.get_last_flow_return() <= Gst.FlowReturn.NOT_NEGOTIATED
+        ):
+            self.failed = True  # the recorder's error must not travel back into the tee
+            self.frames_dropped += 1
+            return Gst.PadProbeReturn.DROP
+        if not self._keyframe_seen:
+            if buffer.has_flags(Gst.BufferFlags.DELTA_UNIT):
+                self.frames_skipped += 1
+                return Gst.PadProbeReturn.DROP
+            self._keyframe_seen = True
+        self.frames_in += 1
+        self.last_in_at = time.monotonic()
+        return Gst.PadProbeReturn.OK
 
+    def _on_muxer_pad(self, _muxer: Gst.Element, pad: Gst.Pad) -> None:
+        if pad.get_direction() == Gst.PadDirection.SINK:
+            kinds = Gst.PadProbeType.BUFFER | Gst.PadProbeType.EVENT_DOWNSTREAM
+            self._probes.append((pad, pad.add_probe(kinds, self._on_muxed)))
+
+    def _on_muxed(self, _pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        # splitmuxsink reuses one muxer and ends each fragment with EOS into it: the frames
+        # between two EOS are exactly the frames of one segment file.
+        if info.type & Gst.PadProbeType.BUFFER:
+            self._mux_counts[self._mux_sequence] += 1
+            self.last_mux_at = time.monotonic()
+        else:
+            event = info.get_event()
+            if event is not None and event.type == Gst.EventType.EOS:
+                self._mux_sequence += 1
+        return Gst.PadProbeReturn.OK
+
+    def _next_segment(self, split: Gst.Element, _fragment: int, sample: Gst.Sample | None) -> str:
+        start = _wall_time_of(split, sample)
+        started = datetime.fromtimestamp(start, UTC)
+        relative = render_template(self.record.file_template, self.stream_id, started)
+        try:
+            (self.directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # filesink will fail to open and report it as the branch's error
+            log.warning("[%s] cannot create the segment directory: %s", self.stream_id, exc)
+        part, final = self.owner.claim_segment(relative)
+        with self._lock:
+            self.segments.append(OpenSegment(len(self.segments), part, final, start))
+        return str(part)
+
+    # -- bus messages (loop thread) ----------------------------------------------------------
     def owns(self, element: Gst.Object) -> bool:
-        return any(e is not None and inside(element, e) for e in (self._bin, self._queue))
+        return any(e is not None and inside(element, e) for e in (self._split, self._queue))
 
     def on_message(self, message: Gst.Message) -> None:
-        if message.type == Gst.MessageType.ERROR:
-            error, _debug = message.parse_error()
-            self.errors.append(error.message or "")
-            log.warning("[%s] recorder error: %s", self.stream_id, error.message)
+        kind = message.type
+        if kind == Gst.MessageType.ELEMENT:
+            structure = message.get_structure()
+            name = structure.get_name() if structure is not None else ""
+            location = structure.get_string("location") if structure is not None else None
+            if name == "splitmuxsink-fragment-opened" and location:
+                segment = self._segment(location)
+                if segment is not None:
+                    segment.opened = True
+                    self.owner.segment_opened(self, segment)
+            elif name == "splitmuxsink-fragment-closed" and location and self._closed(location):
+                self._complete_detach()  # the last segment of a runtime detach is closed
+        elif kind == Gst.MessageType.ERROR:
+            error, debug = message.parse_error()
+            self.failed = True
+            domain = error.domain if isinstance(error.domain, str) else GLib.quark_to_string(error.domain)
+            category = "resource" if domain == _RESOURCE_DOMAIN or self._write_side(message) else "pipeline"
+            source = message.src.get_name() if message.src is not None else "?"
+            log.debug("[%s] recorder error from %s: %s (%s)", self.stream_id, source, error.message, debug)
+            self.owner.branch_failed(self, f"{source}: {error.message}", category)
+        elif kind == Gst.MessageType.WARNING:
+            warning, _debug = message.parse_warning()
+            log.warning("[%s] recorder warning: %s", self.stream_id, warning.message)
 
+    def _write_side(self, message: Gst.Message) -> bool:
+        # The queue's "Internal data stream error" after a sink failure is the same write failure.
+        return message.src is not None and self._queue is not None and inside(message.src, self._queue)
+
+    def _segment(self, location: str) -> OpenSegment | None:
+        with self._lock:
+            return next((s for s in self.segments if str(s.part) == location), None)
+
+    def _closed(self, location: str) -> bool:
+        """Hand a closed segment over; True when it was the newest (a finish may end)."""
+        with self._lock:
+            segment = next((s for s in self.segments if str(s.part) == location), None)
+            if segment is None or segment.handed_off:
+                return False
+            newest = segment is self.segments[-1]
+            ending = self.state != BranchState.ATTACHED and self._eos_sent
+            reason = self.close_reason if newest and ending else CloseReason.ROTATION
+            segment.handed_off = True
+            frames = self._mux_counts.get(segment.sequence)
+        self.owner.segment_closed(self, segment, reason, frames, True)
+        return newest and ending
+
+    # -- leaving a running pipeline (loop thread) -------------------------------------------------
+    def detach(self, reason: CloseReason) -> None:
+        """Close the current segment and take the branch out; the ingest keeps running."""
+        if self.state != BranchState.ATTACHED:
+            return
+        self.state = BranchState.DETACHING
+        self.close_reason = reason
+        queue = self._queue
+        tee_pad = self._tee_pad
+        if queue is None or tee_pad is None:
+            self._complete_detach()
+            return
+        queue_sink = pad_of(queue, "sink")
+        drain = not self.failed and self.frames_in > 0
+
+        def _unlink(pad: Gst.Pad, _info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+            # Runs on the tee's streaming thread, or right here when the pad is idle.
+            pad.unlink(queue_sink)
+            if drain:
+                self._eos_sent = True
+                queue_sink.send_event(Gst.Event.new_eos())
+            else:
+                self._loop.schedule(self._complete_detach)
+            self._loop.schedule(self._release_tee_pad)
+            return Gst.PadProbeReturn.REMOVE
+
+        tee_pad.add_probe(Gst.PadProbeType.IDLE, _unlink)
+        self._detach_timer = self._loop.timeout(DETACH_TIMEOUT, self._detach_timed_out)
+
+    def _detach_timed_out(self) -> bool:
+        self._detach_timer = None
+        if self.state == BranchState.DETACHING:
+            log.warning("[%s] recording segment not closed within %.0f s", self.stream_id, DETACH_TIMEOUT)
+            self._complete_detach()
+        return False
+
+    def _release_tee_pad(self) -> None:
+        tee, pad = self._tee, self._tee_pad
+        self._tee_pad = None
+        if tee is not None and pad is not None and not self.attempt_ended:
+            tee.release_request_pad(pad)
+
+    def _complete_detach(self) -> None:
+        """NULL off the loop thread (a writer stuck in write() must not freeze every stream),
+        like the attempt's own disposal; then out of the bin, on the loop."""
+        if self.state == BranchState.DONE or self.attempt_ended:
+            return  # the attempt's disposal sets NULL and calls disposed()
+        if self._detach_timer is not None:
+            self._detach_timer.destroy()
+            self._detach_timer = None
+        self._release_tee_pad()
+        self.state = BranchState.DONE
+        elements = [e for e in (self._queue, self._split) if e is not None]
+
+        pipeline = self._pipeline
+
+        def _null() -> None:
+            for element in elements:
+                element.set_state(Gst.State.NULL)
+            self._cut_cycles()
+            self._loop.schedule(_remove)
+            self._hand_off_remaining()
+            self.owner.branch_done(self)
+
+        def _remove() -> None:
+            if pipeline is None or self.attempt_ended:
+                return  # the whole pipeline is being disposed with them
+            for element in elements:
+                if element.get_parent() is pipeline:
+                    pipeline.remove(element)
+
+        threading.Thread(target=_null, name=f"dispose-recorder-{self.stream_id}", daemon=True).start()
+
+    # -- disposal of the whole attempt (disposal thread) ----------------------------------------
     def needs_finish(self) -> bool:
-        return self._bin is not None
+        return self._split is not None and self.state == BranchState.ATTACHED and not self.failed
 
     def finish(self, pipeline: Gst.Pipeline, bus: Gst.Bus, deadline: float) -> None:
-        if self._queue is None:
+        """EOS into this branch only, then wait (bounded) for its newest segment to close."""
+        self.state = BranchState.DETACHING
+        if self._queue is None or self.frames_in == 0:
             return
+        self._eos_sent = True
         pad_of(self._queue, "sink").send_event(Gst.Event.new_eos())
         while time.monotonic() < deadline:
             message = bus.timed_pop_filtered(
                 100 * Gst.MSECOND, Gst.MessageType.ELEMENT | Gst.MessageType.ERROR
             )
-            if message is None:
+            if message is None or message.src is None or not self.owns(message.src):
                 continue
-            structure = message.get_structure()
-            if message.type == Gst.MessageType.ELEMENT:
-                # Only the close of the newest segment ends the wait: a rotation that raced
-                # the EOS closes the previous one and opens another.
-                if (
-                    structure is not None
-                    and structure.get_name() == "splitmuxsink-fragment-closed"
-                    and self.segment_paths
-                    and structure.get_string("location") == self.segment_paths[-1]
-                ):
-                    return
-            elif message.src is not None and self.owns(message.src):
+            if message.type == Gst.MessageType.ERROR:
                 return  # the recorder itself failed: nothing more will come
+            structure = message.get_structure()
+            location = structure.get_string("location") if structure is not None else None
+            # Only the close of the newest segment ends the wait: a rotation that raced the
+            # EOS closes the previous one and opens another.
+            if structure is not None and location:
+                if structure.get_name() == "splitmuxsink-fragment-opened":
+                    segment = self._segment(location)
+                    if segment is not None:
+                        segment.opened = True
+                elif structure.get_name() == "splitmuxsink-fragment-closed" and self._closed(location):
+                    return
         log.warning("[%s] recording segment not closed within the drain time", self.stream_id)
 
     def disposed(self) -> None:
-        for segment in self.segment_paths:  # a segment opened as the stream died holds nothing
-            path = Path(segment)
-            if path.exists() and path.stat().st_size == 0:
-                path.unlink(missing_ok=True)
+        self.state = BranchState.DONE
+        self._cut_cycles()
+        self._hand_off_remaining()
+        self.owner.branch_done(self)
+
+    def _cut_cycles(self) -> None:
+        """Drop what C holds of this object (probe and signal closures) once its elements are NULL.
+
+        A closure on a pad or element references this branch, which references the elements and
+        the pipeline: a cycle through C that Python's collector cannot see, so every branch
+        would keep its whole pipeline alive. The element references stay (``owns`` still
+        recognises late bus messages); they no longer point back here.
+        """
+        probes, self._probes = self._probes, []
+        handlers, self._handlers = self._handlers, []
+        for pad, probe_id in probes:
+            pad.remove_probe(probe_id)
+        for element, handler_id in handlers:
+            element.disconnect(handler_id)
+        self._pipeline = None
+        self._tee = None
+        self._tee_pad = None  # a detach's IDLE probe that never fired holds this branch too
+
+    def _hand_off_remaining(self) -> None:
+        """After NULL every file is closed: hand over those no close message announced."""
+        with self._lock:
+            pending = [s for s in self.segments if not s.handed_off]
+            for segment in pending:
+                segment.handed_off = True
+            last = self.segments[-1] if self.segments else None
+            counts = dict(self._mux_counts)
+        for segment in pending:
+            # Only the newest can have been cut: splitmuxsink opens a file after closing the last.
+            newest = segment is last
+            reason = self.close_reason if newest else CloseReason.ROTATION
+            self.owner.segment_closed(self, segment, reason, counts.get(segment.sequence), not newest)
+
+    @property
+    def frames_muxed(self) -> int:
+        return sum(self._mux_counts.values())
 
 
-def recorder_branch(spec: StreamSpec) -> RecorderBranch | None:
-    """Branch factory the engine calls for every attempt."""
-    return RecorderBranch(spec.id, spec.record) if spec.record is not None else None
-
-
-def segment_path(directory: Path, stream_id: str, suffix: str) -> str:
-    """``<dir>/<id>-<UTC start>.<ext>``; never the name of an existing file."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    candidate = directory / f"{stream_id}-{stamp}.{suffix}"
-    index = 1
-    while candidate.exists():
-        candidate = directory / f"{stream_id}-{stamp}-{index}.{suffix}"
-        index += 1
-    return str(candidate)
+def _wall_time_of(element: Gst.Element, sample: Gst.Sample | None) -> float:
+    """UTC epoch time of a sample from its running time (live pipelines hold a GOP first)."""
+    now = time.time()
+    clock = element.get_clock()
+    if sample is None or clock is None:
+        return now
+    buffer = sample.get_buffer()
+    segment = sample.get_segment()
+    if buffer is None or segment is None:
+        return now
+    timestamp = buffer.pts if buffer.pts != Gst.CLOCK_TIME_NONE else buffer.dts
+    running = segment.to_running_time(Gst.Format.TIME, timestamp)
+    if Gst.CLOCK_TIME_NONE in (timestamp, running):
+        return now
+    elapsed = clock.get_time() - element.get_base_time()
+    return now - max(0, elapsed - running) / Gst.SECOND

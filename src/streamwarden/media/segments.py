@@ -1,0 +1,196 @@
+"""Reading finished or crashed segment files back with GStreamer: validate, count, remux.
+
+These run short private pipelines and poll their bus without a main loop, so they block:
+call them from the recording worker threads, never from the engine's loop thread. ffmpeg is
+never used here (it is the tests' independent judge only).
+
+``scan`` demuxes a whole file as fast as it can (no clock): it proves the file opens and
+plays to the end, and gives frame count and duration. ``remux`` rewrites a file that was
+cut off (a crash, a write error) into a properly closed one: MKV gets its duration and
+cues, MP4 its index.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamwarden.media.gst import Gst
+
+__all__ = ["MediaScan", "remux", "scan"]
+
+log = logging.getLogger(__name__)
+
+_MUXERS = {"mkv": "matroskamux", "mp4": "mp4mux"}
+
+
+@dataclass(frozen=True)
+class MediaScan:
+    """What one pass over a file found."""
+
+    frames: int
+    duration: float  # seconds from the first frame's start to the last frame's end
+    error: str | None  # the first error, if any (frames before it were read)
+    caps: str | None = None
+
+    @property
+    def playable(self) -> bool:
+        return self.frames > 0
+
+    @property
+    def clean(self) -> bool:
+        return self.frames > 0 and self.error is None
+
+
+class _VideoCounter:
+    """Counts video buffers and their time span on a pad (a streaming thread)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.first: int | None = None
+        self.end = 0
+        self.caps: str | None = None
+
+    def probe(self, _pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        buffer = info.get_buffer()
+        if buffer is None:
+            return Gst.PadProbeReturn.OK
+        self.frames += 1
+        pts = buffer.pts if buffer.pts != Gst.CLOCK_TIME_NONE else buffer.dts
+        if pts != Gst.CLOCK_TIME_NONE:
+            if self.first is None or pts < self.first:
+                self.first = pts
+            duration = buffer.duration if buffer.duration != Gst.CLOCK_TIME_NONE else 0
+            self.end = max(self.end, pts + duration)
+        return Gst.PadProbeReturn.OK
+
+    @property
+    def duration(self) -> float:
+        return 0.0 if self.first is None else max(0, self.end - self.first) / Gst.SECOND
+
+
+def _make(factory: str, name: str | None = None) -> Gst.Element:
+    element = Gst.ElementFactory.make(factory, name)
+    if element is None:
+        raise RuntimeError(f"GStreamer element {factory!r} is missing")
+    return element
+
+
+def _run(pipeline: Gst.Pipeline, timeout: float, on_error: Callable[[], bool] | None = None) -> str | None:
+    """PLAYING until EOS; returns the first error's text, or None.
+
+    ``on_error`` answers an error upstream (a truncated file) by sending EOS into the muxer,
+    so it still writes a finished file from what was read; it returns False when it cannot.
+    """
+    bus = pipeline.get_bus()
+    first_error: str | None = None
+    eos_sent = False
+    try:
+        if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+            message = bus.pop_filtered(Gst.MessageType.ERROR)
+            if message is not None:
+                return str(message.parse_error()[0].message)
+            return "cannot start the pipeline"
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return first_error or f"timed out after {timeout:.0f} s"
+            message = bus.timed_pop_filtered(
+                int(min(remaining, 0.5) * Gst.SECOND), Gst.MessageType.EOS | Gst.MessageType.ERROR
+            )
+            if message is None:
+                continue
+            if message.type == Gst.MessageType.EOS:
+                return first_error
+            error, _debug = message.parse_error()
+            if first_error is None:
+                first_error = str(error.message)
+            if on_error is None or eos_sent or not on_error():
+                return first_error
+            eos_sent = True
+            deadline = min(deadline, time.monotonic() + 5.0)
+    finally:
+        pipeline.set_state(Gst.State.NULL)
+
+
+def scan(path: str | Path, timeout: float = 60.0) -> MediaScan:
+    """Demux ``path`` to the end and count its video frames (blocking)."""
+    pipeline = Gst.Pipeline.new("segment-scan")
+    source = _make("filesrc")
+    source.set_property("location", str(path))
+    parse = _make("parsebin")
+    sink = _make("fakesink")
+    sink.set_property("sync", False)
+    sink.set_property("async", False)
+    for element in (source, parse, sink):
+        pipeline.add(element)
+    source.link(parse)
+    counter = _VideoCounter()
+    linked = threading.Event()
+    sink_pad = sink.get_static_pad("sink")
+    assert sink_pad is not None
+    sink_pad.add_probe(Gst.PadProbeType.BUFFER, counter.probe)
+
+    def _pad_added(_element: Gst.Element, pad: Gst.Pad) -> None:
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        name = caps.get_structure(0).get_name() if caps is not None and caps.get_size() else ""
+        if name.startswith("video/") and not linked.is_set():
+            linked.set()
+            counter.caps = caps.to_string() if caps is not None else None
+            pad.link(sink_pad)
+
+    parse.connect("pad-added", _pad_added)
+    error = _run(pipeline, timeout)
+    if not linked.is_set() and error is None:
+        error = "no video stream"
+    return MediaScan(frames=counter.frames, duration=counter.duration, error=error, caps=counter.caps)
+
+
+def remux(source_path: str | Path, target_path: str | Path, fmt: str, timeout: float = 120.0) -> MediaScan:
+    """Rewrite ``source_path`` into a finished ``fmt`` file at ``target_path`` (pass-through).
+
+    Returns what was carried over; a truncated tail ends the copy there instead of failing it.
+    """
+    pipeline = Gst.Pipeline.new("segment-remux")
+    source = _make("filesrc")
+    source.set_property("location", str(source_path))
+    parse = _make("parsebin")
+    muxer = _make(_MUXERS[fmt])
+    sink = _make("filesink")
+    sink.set_property("location", str(target_path))
+    sink.set_property("async", False)
+    for element in (source, parse, muxer, sink):
+        pipeline.add(element)
+    source.link(parse)
+    muxer.link(sink)
+    counter = _VideoCounter()
+    mux_pad: list[Gst.Pad] = []
+
+    def _pad_added(_element: Gst.Element, pad: Gst.Pad) -> None:
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        name = caps.get_structure(0).get_name() if caps is not None and caps.get_size() else ""
+        if not name.startswith("video/") or mux_pad:
+            return
+        target = muxer.request_pad_simple("video_%u")
+        if target is None:
+            log.warning("remux %s: %s cannot take %s", source_path, fmt, name)
+            return
+        counter.caps = caps.to_string() if caps is not None else None
+        pad.add_probe(Gst.PadProbeType.BUFFER, counter.probe)
+        if pad.link(target) == Gst.PadLinkReturn.OK:
+            mux_pad.append(target)
+
+    parse.connect("pad-added", _pad_added)
+
+    def _finish_muxer() -> bool:
+        return bool(mux_pad and mux_pad[0].send_event(Gst.Event.new_eos()))
+
+    error = _run(pipeline, timeout, on_error=_finish_muxer)
+    if not mux_pad:
+        error = error or "no video stream"
+    return MediaScan(frames=counter.frames, duration=counter.duration, error=error, caps=counter.caps)
