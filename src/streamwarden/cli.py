@@ -57,10 +57,14 @@ def validate(config: Annotated[Path, typer.Argument(help="YAML config file")]) -
         for line in exc.errors:
             console.print(f"  - {line}", markup=False, highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
-    inactive = [s.id for s in parsed.streams if s.serve]
+    served = [s.id for s in parsed.streams if s.serve]
+    recorded = [s.id for s in parsed.streams if s.record is not None]
     console.print(f"[green]ok[/green] {config}: {len(parsed.streams)} stream(s)")
-    if inactive:
-        console.print(f"  note: serve: true is accepted but not active yet for {', '.join(inactive)}")
+    if served:
+        port = parsed.rtsp_server.port
+        console.print(f"  re-served on RTSP port {port}: {', '.join(served)}", markup=False)
+    if recorded:
+        console.print(f"  recorded: {', '.join(recorded)}", markup=False)
 
 
 @app.command()

@@ -15,7 +15,8 @@ def test_validate_accepts_the_issue_example() -> None:
     result = CliRunner().invoke(app, ["validate", str(EXAMPLE)])
     assert result.exit_code == 0, result.output
     assert "2 stream(s)" in result.output
-    assert "not active yet" in result.output  # serve: true is accepted and reported
+    assert "re-served on RTSP port 8554: cam1" in result.output
+    assert "recorded: lobby" in result.output
 
 
 def test_validate_lists_every_bad_field_and_exits_2(tmp_path: Path) -> None:
