@@ -126,7 +126,7 @@ FAULT_KINDS: dict[str, FaultKind] = {
         FaultKind("net_reset", "rtsp", True, (0, 0), "proxy RSTs the connection (SO_LINGER 0)"),
         FaultKind("net_blackhole", "rtsp", True, (3, 5), "connection open, nothing forwarded"),
         FaultKind("net_latency_jitter", "rtsp", False, (4, 6), "150 ms +- 100 ms per chunk"),
-        FaultKind("net_bandwidth", "rtsp", None, (3, 5), "bandwidth limited to 8 kB/s (~1/4 of the stream)"),
+        FaultKind("net_bandwidth", "rtsp", None, (3, 5), "bandwidth limited to 8 kB/s (~1/5 of the stream)"),
         FaultKind("net_slow_close", "rtsp", True, (2, 3), "camera killed, its FIN held back 4 s"),
         FaultKind("net_half_open", "rtsp", True, (0, 0), "FIN in one direction only"),
         FaultKind("cam_kill", "rtsp", True, (2, 4), "camera SIGKILLed, restarted after the hold"),
@@ -349,6 +349,7 @@ class ChaosReport:
     moved_parts: list[str]  # .part files in folders moved away by rec_dir_removed (expected)
     holes: dict[str, int]  # stream -> frames missing inside recorded files, outside fault windows
     wire_forwarded: int
+    wire_stale: int  # frames written to connections the engine had already replaced
     wire_ingested: int
     wire_loss_outage: int
     wire_loss_steady: int
@@ -757,17 +758,22 @@ class ChaosRun:
         engine.loop.call_sync(arm)
 
     # -- the end -------------------------------------------------------------------------------------
-    def drain_wire(self) -> tuple[int, int]:
-        """Blackhole every proxy, let the engine take what is in flight, then count (exact)."""
+    def drain_wire(self) -> tuple[int, int, int]:
+        """Blackhole every proxy, let the engine take what is in flight, then count (exact).
+
+        Returns (forwarded on the engine's current connections, ingested, written to
+        connections the engine had already replaced)."""
         assert self.engine is not None
         for target in self.rtsp.values():
             target.proxy.blackhole(True, Direction.DOWNSTREAM)
         time.sleep(0.8)
-        forwarded = ingested = 0
+        forwarded = ingested = stale = 0
         for stream_id, target in self.rtsp.items():
-            forwarded += target.proxy.stats().frames_forwarded
+            stats = target.proxy.stats()
+            forwarded += stats.frames_forwarded
+            stale += stats.frames_stale
             ingested += self.engine.health(stream_id).frames_total
-        return forwarded, ingested
+        return forwarded, ingested, stale
 
     def teardown(self) -> None:
         if self.client is not None:
@@ -1009,7 +1015,7 @@ def run_chaos(options: ChaosOptions, progress: Callable[[str], None] | None = No
             waiting = run.wait_all_playing(RECOVERY_CAP)
             after = ProcessSample.take()
             say("draining and checking")
-            forwarded, ingested = run.drain_wire()
+            forwarded, ingested, stale = run.drain_wire()
             states = {stream_id: str(engine.state(stream_id)) for stream_id in engine.stream_ids()}
             for stream_id in states:  # final counts: nothing is ingested after them
                 engine.stop_stream(stream_id)
@@ -1076,6 +1082,7 @@ def run_chaos(options: ChaosOptions, progress: Callable[[str], None] | None = No
             moved_parts=moved_parts,
             holes=holes,
             wire_forwarded=forwarded,
+            wire_stale=stale,
             wire_ingested=ingested,
             wire_loss_outage=window_loss,
             wire_loss_steady=(forwarded - ingested) - window_loss,
@@ -1201,6 +1208,11 @@ def summary_rows(report: ChaosReport) -> list[tuple[str, str, str]]:
             f"{report.frames_lost_outside_outages} (wire->engine {report.wire_loss_steady}, "
             f"missing inside recorded files {sum(report.holes.values())})",
             verdict(report.frames_lost_outside_outages == 0),
+        ),
+        (
+            "frames written to connections the engine had replaced (old attempts being torn down)",
+            str(report.wire_stale),
+            "info",
         ),
         (
             "frames the proxies forwarded / the engine ingested",

@@ -17,6 +17,7 @@ from streamwarden.chaos import run_churn
 from streamwarden.engine import Engine
 from streamwarden.media.pipeline import StreamPipeline
 from streamwarden.testing.camera import free_port
+from tests.helpers import wait_until
 from tests.integration.conftest import file_spec, rtsp_spec
 
 pytestmark = pytest.mark.integration
@@ -78,6 +79,26 @@ def test_every_attempt_is_freed_playing_failing_or_connecting(engine: Engine, h2
     _cycle(engine, specs, 8)
     assert _live_pipelines() == live == 0
     assert _sockets() <= sockets
+    assert _live_elements() == []  # the source bins and their children too (callback cycles)
+
+
+def _live_elements() -> list[str]:
+    from gi.repository import Gst
+
+    gc.collect()
+    return [o.get_name() or "?" for o in gc.get_objects() if isinstance(o, Gst.Element)]
+
+
+def test_each_pass_over_a_looping_file_is_freed(engine: Engine, gst_init: None, tmp_path: Path) -> None:
+    """Regression: probes on a pass's demuxer pads held the pass (and so its reader and demuxer)
+    strongly: every wrap of every looping file leaked a filesrc, a typefind and a demuxer."""
+    from streamwarden.media.clip import ensure_test_clip
+
+    clip = ensure_test_clip(tmp_path / "short.mp4", seconds=0.6, key_int=5)
+    engine.add_stream(file_spec("short", clip))
+    wait_until(lambda: engine.health("short").frames_total > 90, 15, message="not looping")  # 6 passes
+    readers = [name for name in _live_elements() if name.startswith("filesrc")]
+    assert len(readers) <= 2, readers  # the current pass, and at most the next one being built
 
 
 def test_recording_attempts_are_freed_too(engine: Engine, h264_mp4: Path, tmp_path: Path) -> None:

@@ -382,3 +382,47 @@ def test_fake_rtsp_describe_carries_an_sdp_and_garbage_mode_is_not_rtsp() -> Non
         socket.create_connection(("127.0.0.1", server.port), timeout=2) as sock,
     ):
         assert len(recv_exactly(sock, 512)) == 512  # before any request
+
+
+def test_frames_to_a_connection_the_client_replaced_are_counted_apart() -> None:
+    """A client that reconnected has given up on its old connection: what the server still
+    writes there (a frozen camera's catch-up burst) is not something the client's current
+    attempt was given."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            while not stop.is_set():
+                try:
+                    conn.sendall(_interleaved(0, True))
+                except OSError:
+                    return
+                time.sleep(0.01)
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        with proxy_to(listener.getsockname()[1]) as proxy, connect(proxy) as old:
+            wait_until(lambda: proxy.stats().frames_forwarded >= 5, 2)
+            with connect(proxy) as new:
+                new.settimeout(2)
+                new.recv(1)
+                before = proxy.stats()
+                wait_until(lambda: proxy.stats().frames_stale >= before.frames_stale + 5, 2)
+                stats = proxy.stats()
+                assert stats.frames_forwarded > before.frames_forwarded  # the new one counts
+                assert old.recv(65536)  # the old one still gets data, counted as stale
+    finally:
+        stop.set()
+        acceptor.join(2)
+        listener.close()

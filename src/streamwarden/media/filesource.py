@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from streamwarden.media.gst import GLib, Gst
+from streamwarden.media.weakcb import weak_callback
 
 __all__ = ["LoopingFileSource"]
 
@@ -46,6 +47,7 @@ _PARSERS = {"video/x-h264": ("h264", "h264parse"), "video/x-h265": ("h265", "h26
 
 _NONE = Gst.CLOCK_TIME_NONE
 _BLOCK_DATA = Gst.PadProbeType.BLOCK | Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST
+_GONE = Gst.PadProbeReturn.DROP  # a probe of a pass (or a bin) already thrown away
 
 
 class _Role(Enum):
@@ -175,7 +177,7 @@ class LoopingFileSource(Gst.Bin):
         assert tf_src is not None
         # typefind pushes its first buffer right after have-type, while the demuxer can only be
         # added on the loop thread: hold that buffer (events pass and stay sticky) until then.
-        tf_src.add_probe(_BLOCK_DATA, self._on_typefind_data, loop)
+        tf_src.add_probe(_BLOCK_DATA, weak_callback(self._on_typefind_data, loop, dead=_GONE))
         return loop
 
     def _on_typefind_data(self, pad: Gst.Pad, info: Gst.PadProbeInfo, loop: _Loop) -> Gst.PadProbeReturn:
@@ -206,7 +208,7 @@ class LoopingFileSource(Gst.Bin):
         demuxer = self._make(factory)
         if demuxer is None:
             return
-        demuxer.connect("pad-added", self._on_pad_added, loop)
+        demuxer.connect("pad-added", weak_callback(self._on_pad_added, loop))
         self.add(demuxer)
         loop.demuxer = demuxer
         tf_sink = loop.typefind.get_static_pad("sink")
@@ -235,8 +237,10 @@ class LoopingFileSource(Gst.Bin):
         entry = _DemuxPad(pad)
         with self._lock:
             loop.pads.append(entry)
-        pad.add_probe(Gst.PadProbeType.DATA_DOWNSTREAM, self._on_demux_data, loop, entry)
-        pad.add_probe(_BLOCK_DATA, self._on_first_buffer, loop, entry)
+        pad.add_probe(
+            Gst.PadProbeType.DATA_DOWNSTREAM, weak_callback(self._on_demux_data, loop, entry, dead=_GONE)
+        )
+        pad.add_probe(_BLOCK_DATA, weak_callback(self._on_first_buffer, loop, entry, dead=_GONE))
 
     def _on_first_buffer(
         self, _pad: Gst.Pad, info: Gst.PadProbeInfo, loop: _Loop, entry: _DemuxPad

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 from streamwarden.media.gst import GLib, Gst
+from streamwarden.media.weakcb import weak_callback
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class RtspSourceBin(Gst.Bin):
         if password:
             src.set_property("user-pw", password)
         self.add(src)
-        src.connect("pad-added", self._on_pad_added)
+        src.connect("pad-added", weak_callback(self._on_pad_added))
 
     def _on_pad_added(self, _src: Gst.Element, pad: Gst.Pad) -> None:
         # Streaming thread: classify, block, and hand the work to the loop.

@@ -26,7 +26,9 @@ method is thread-safe and returns once the loop has applied it.
 
 It also counts video frames it forwards from server to client: interleaved RTP (``$`` framing)
 on even channels, one frame per RTP packet with the marker bit (one per access unit for H.264/H.265
-as rtph264pay/rtph265pay send them). ``stats().frames_forwarded`` is what the engine was given.
+as rtph264pay/rtph265pay send them). ``stats().frames_forwarded`` is what the engine was given on
+its newest connection; frames written to an older one after the client reconnected (its old
+attempt still being torn down, e.g. a frozen server's catch-up burst) are ``frames_stale``.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class ProxyStats:
     bytes_up: int = 0
     bytes_down: int = 0
     bytes_dropped: int = 0  # read and thrown away by a blackhole or half-close
-    frames_forwarded: int = 0
+    frames_forwarded: int = 0  # on the newest connection: what the client's current attempt got
+    frames_stale: int = 0  # written to an older connection after a newer one was accepted
     frames_dropped: int = 0
 
 
@@ -206,6 +209,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._stats = ProxyStats()
         self._connections: set[_Connection] = set()
+        self._newest: _Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -385,6 +389,7 @@ class FaultProxy:
             conn.abort()
             return
         self._connections.add(conn)
+        self._newest = conn
         try:
             host, port = self._upstream
             try:
@@ -472,7 +477,10 @@ class FaultProxy:
                 self._stats.bytes_up += len(data)
             else:
                 self._stats.bytes_down += len(data)
-                self._stats.frames_forwarded += frames
+                if conn is self._newest:
+                    self._stats.frames_forwarded += frames
+                else:  # a client that reconnected has given up on this one (it is being torn down)
+                    self._stats.frames_stale += frames
         # The reader saw EOF: pass the close on (late, with slow close), unless already half-closed.
         # A blackhole swallows the FIN too: it is passed on only once the blackhole is lifted.
         while direction in self._settings.blackhole:
