@@ -714,16 +714,8 @@ def create_app(
     def absolute(spec: StreamSpec) -> StreamSpec:
         return resolve_relative_paths(Config.model_construct(streams=[spec]), resolve_base).streams[0]
 
-    def apply_update(old: StreamSpec, new: StreamSpec) -> None:
-        # update_stream alone neither stops a disabled stream nor starts an enabled one.
-        if old.enabled and not new.enabled:
-            engine.stop_stream(new.id)
-            engine.update_stream(new)
-        elif new.enabled and not old.enabled:
-            engine.update_stream(new)
-            engine.restart(new.id)
-        else:
-            engine.update_stream(new)
+    def apply_update(_old: StreamSpec, new: StreamSpec) -> None:
+        engine.update_stream(new)  # stops a stream being disabled, starts one being enabled
 
     # -- endpoints -----------------------------------------------------------------------------
     @app.get(

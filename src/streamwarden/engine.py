@@ -152,6 +152,10 @@ class Engine:
         """Called (on the loop thread) for every state transition of every stream."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: Callable[[str, TransitionEvent], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     # -- stream control ------------------------------------------------------------------------
     def add_stream(self, spec: StreamSpec) -> None:
         def _add() -> None:

@@ -120,8 +120,15 @@ class StreamSupervisor:
         old = self.spec
         self.spec = spec
         self.apply_recovery(spec.recovery)
+        if not spec.enabled:
+            if self.state != StreamState.STOPPED:
+                self.stop("disabled")
+            return
+        if not old.enabled:
+            self.restart("enabled")
+            return
         media_changed = old.model_dump(exclude={"recovery"}) != spec.model_dump(exclude={"recovery"})
-        if media_changed and self.state not in (StreamState.STOPPED,):
+        if media_changed and self.state != StreamState.STOPPED:
             self.restart("spec changed")
 
     def apply_recovery(self, recovery: RecoveryConfig) -> None:

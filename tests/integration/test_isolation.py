@@ -147,3 +147,15 @@ def test_runtime_control(engine: Engine, h264_mp4: Path, h264_mkv: Path) -> None
     wait_until(lambda: engine.state("ctl") == StreamState.PLAYING, 10, message="not playing after restart")
     counts = engine.transition_counts("ctl")
     assert counts["CONNECTING->PLAYING"] == 3
+
+
+def test_update_stream_honours_enabled(engine: Engine, h264_mp4: Path) -> None:
+    spec = file_spec("toggle", h264_mp4)
+    engine.add_stream(spec)
+    wait_until(lambda: engine.state("toggle") == StreamState.PLAYING, 10, message="not playing")
+    engine.update_stream(spec.model_copy(update={"enabled": False}))
+    assert engine.state("toggle") == StreamState.STOPPED
+    assert engine.info("toggle")["reason"] == "disabled"
+    engine.update_stream(spec)
+    wait_until(lambda: engine.state("toggle") == StreamState.PLAYING, 10, message="not re-enabled")
+    assert engine.health("toggle").attempts_total == 2
