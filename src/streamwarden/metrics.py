@@ -147,7 +147,7 @@ def _families() -> dict[str, Metric]:
         ),
         "age": GaugeMetricFamily(
             "streamwarden_stream_last_frame_age_seconds",
-            "Seconds since the last frame of the current attempt; absent while no attempt has a frame.",
+            "Seconds since the last frame; grows through an outage, absent before the first frame.",
             labels=s,
         ),
         "errors": CounterMetricFamily(

@@ -566,7 +566,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bound,
         " with basic auth" if permissions is not None else "",
     )
-    print(f"{_READY_PREFIX}rtsp://{_url_host(cfg.host)}:{bound}", flush=True)
+    # The READY line is this child's protocol with its parent, not a log record.
+    sys.stdout.write(f"{_READY_PREFIX}rtsp://{_url_host(cfg.host)}:{bound}\n")
+    sys.stdout.flush()
     loop.run()  # type: ignore[no-untyped-call]
     return 0
 
