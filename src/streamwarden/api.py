@@ -115,7 +115,6 @@ class HealthInfo(_Open):
     bitrate_bps: float | None = None
     uptime_seconds: float | None = None
     playing_seconds: float | None = None
-    keyframes_total: int | None = None
     errors_total: int | None = None
     errors_by_category: dict[str, int] | None = None
     recovery_seconds_last: float | None = None

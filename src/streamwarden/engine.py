@@ -258,7 +258,7 @@ class Engine:
         return self._call(lambda: self._get(stream_id).state)
 
     def health(self, stream_id: str) -> HealthSnapshot:
-        return self._call(lambda: self._get(stream_id).health.snapshot())
+        return self._call(lambda: self._get(stream_id).health_snapshot())
 
     def events(self, stream_id: str) -> list[TransitionEvent]:
         return self._call(lambda: list(self._get(stream_id).machine.events))
@@ -288,7 +288,7 @@ class Engine:
             "state": description.pop("state"),
             **description,
             "spec": redacted_spec(supervisor.spec),
-            "health": supervisor.health.snapshot().as_dict(),
+            "health": supervisor.health_snapshot().as_dict(),
         }
 
     def _sync_mount(self, spec: StreamSpec) -> None:

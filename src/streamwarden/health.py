@@ -1,8 +1,10 @@
-"""Per-stream health figures, measured per frame (never per RTP packet).
+"""Per-stream health figures, read from counters GStreamer keeps in C (never per frame in Python).
 
-The frame probe runs on a GStreamer streaming thread and only bumps a few integers and
-floats (atomic enough under the GIL); everything derived (fps, bitrate, percentiles) is
-computed from samples the engine's tick takes on the loop thread.
+A Python pad probe per frame cost more CPU than the rest of the engine together (see
+bench/results): frames and bytes are now counted by an ``identity`` element and polled by
+the engine tick (4 Hz). Only the first frame of an attempt is seen by a one-shot probe, so
+PLAYING is entered at once. Gaps are therefore measured at poll resolution: a gap is
+counted when at least one poll found no new frame, and reported as its proven lower bound.
 """
 
 from __future__ import annotations
@@ -16,34 +18,49 @@ from typing import Any
 
 
 class FrameMeter:
-    """Counts frames of ONE pipeline attempt; gaps are measured within that attempt only."""
+    """Frames of ONE pipeline attempt; gaps are measured within that attempt only."""
 
-    __slots__ = ("bytes", "clock", "first_frame_at", "frames", "keyframes", "last_frame_at", "max_gap")
+    __slots__ = (
+        "_stagnant_at",
+        "bytes",
+        "clock",
+        "first_frame_at",
+        "frames",
+        "last_frame_at",
+        "max_gap",
+    )
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.frames = 0
-        self.keyframes = 0
         self.bytes = 0
         self.first_frame_at: float | None = None
-        self.last_frame_at: float | None = None
+        self.last_frame_at: float | None = None  # the last poll that saw the count advance
         self.max_gap = 0.0
+        self._stagnant_at: float | None = None  # the last poll that saw no new frame
 
-    def on_frame(self, size: int, keyframe: bool) -> bool:
-        """Record one frame; returns True for the first frame of this attempt."""
-        now = self.clock()
-        last = self.last_frame_at
-        self.frames += 1
-        self.bytes += size
-        if keyframe:
-            self.keyframes += 1
-        self.last_frame_at = now
-        if last is None:
+    def first_frame_seen(self) -> None:
+        """The one-shot probe saw this attempt's first frame (streaming thread)."""
+        if self.first_frame_at is None:
+            now = self.clock()
             self.first_frame_at = now
-            return True
-        gap = now - last
-        self.max_gap = max(self.max_gap, gap)
-        return False
+            self.last_frame_at = now
+
+    def observe(self, frames: int, size: int) -> None:
+        """A poll of the pipeline's counters (loop thread)."""
+        now = self.clock()
+        if frames > self.frames:
+            if self.first_frame_at is None:
+                self.first_frame_at = now
+            elif self._stagnant_at is not None and self.last_frame_at is not None:
+                # No frame in (last_frame_at, _stagnant_at]: the gap lasted at least that long.
+                self.max_gap = max(self.max_gap, self._stagnant_at - self.last_frame_at)
+            self.frames = frames
+            self.bytes = max(self.bytes, size)
+            self.last_frame_at = now
+            self._stagnant_at = None
+        elif self.last_frame_at is not None:
+            self._stagnant_at = now
 
 
 @dataclass
@@ -55,7 +72,6 @@ class HealthSnapshot:
     playing_seconds: float
     frames_total: int
     bytes_total: int
-    keyframes_total: int
     errors_total: int
     errors_by_category: dict[str, int]
     recoveries_total: int
@@ -80,7 +96,6 @@ class StreamHealth:
     meter: FrameMeter | None = None
     _closed_frames: int = 0
     _closed_bytes: int = 0
-    _closed_keyframes: int = 0
     max_frame_gap: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
     errors_by_key: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -108,7 +123,6 @@ class StreamHealth:
             return
         self._closed_frames += meter.frames
         self._closed_bytes += meter.bytes
-        self._closed_keyframes += meter.keyframes
         self.max_frame_gap = max(self.max_frame_gap, meter.max_gap)
         if meter.last_frame_at is not None:
             self._closed_last_frame_at = meter.last_frame_at
@@ -168,7 +182,6 @@ class StreamHealth:
             playing_seconds=0.0 if self.playing_since is None else round(now - self.playing_since, 3),
             frames_total=self.frames_total,
             bytes_total=self.bytes_total,
-            keyframes_total=self._closed_keyframes + (self.meter.keyframes if self.meter else 0),
             errors_total=sum(self.errors.values()),
             errors_by_category={str(k): v for k, v in self.errors.items()},
             recoveries_total=self.recoveries_total,

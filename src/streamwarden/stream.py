@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from gi.repository import GLib
 
 from streamwarden.config import FileSource, HttpSource, RecoveryConfig, RtspSource, StreamSpec, Transport
-from streamwarden.health import StreamHealth
+from streamwarden.health import HealthSnapshot, StreamHealth
 from streamwarden.media.loop import LoopThread
 from streamwarden.media.pipeline import Branch, DisposalStats, StreamPipeline
 from streamwarden.policy.backoff import Backoff
@@ -139,6 +139,8 @@ class StreamSupervisor:
 
     def tick(self) -> None:
         """Called every engine tick: samples health, detects stalls and slow connects."""
+        if self.pipeline is not None:
+            self.pipeline.poll_meter()
         self.health.sample()
         now = self._svc.clock()
         state = self.state
@@ -157,6 +159,12 @@ class StreamSupervisor:
             limit = self._first_frame_timeout()
             if now - self._attempt_started > limit:
                 self.failure(ErrorReport(kind="timeout", message=f"no first frame within {limit:g} s"))
+
+    def health_snapshot(self) -> HealthSnapshot:
+        """Figures as of now: the C frame counters are read first, not at the last tick."""
+        if self.pipeline is not None:
+            self.pipeline.poll_meter()
+        return self.health.snapshot()
 
     def failure(self, report: ErrorReport, generation: int | None = None) -> None:
         """Everything that goes wrong ends up here (bus errors, stalls, our own exceptions)."""
@@ -377,6 +385,7 @@ class StreamSupervisor:
             self._svc.recording.attempt_ending(self.id, pipeline, close_reason)
         self.pipeline = None
         self._generation += 1  # anything still in flight from it is now stale
+        pipeline.poll_meter()  # the frames since the last tick count too
         self.health.close_meter()
         pipeline.dispose(self._svc.disposal, self._svc.teardown_timeout, finalize_recording)
 

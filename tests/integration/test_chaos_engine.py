@@ -108,7 +108,7 @@ def _bystander_undisturbed(engine: Engine) -> None:
 def test_exception_in_the_frame_probe_on_a_streaming_thread_fails_only_that_stream(
     two_files: Engine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The frame probe runs on a GStreamer streaming thread, outside every ``_guarded``: an
+    """The first-frame probe runs on a GStreamer streaming thread, outside every ``_guarded``: an
     exception there used to reach only sys.excepthook (unlogged, unredacted) and drop the frame."""
     engine = two_files
     hooked: list[Any] = []
@@ -118,11 +118,11 @@ def test_exception_in_the_frame_probe_on_a_streaming_thread_fails_only_that_stre
     class Exploding(FrameMeter):
         __slots__ = ()
 
-        def on_frame(self, size: int, keyframe: bool) -> bool:
-            if self.frames == 10 and not raised:
+        def first_frame_seen(self) -> None:
+            if not raised:
                 raised.append(True)
                 raise RuntimeError("boom on a streaming thread, rtsp://op:pw-in-probe@cam/x")
-            return super().on_frame(size, keyframe)
+            super().first_frame_seen()
 
     health = engine._streams["victim"].health
     original = health.new_meter
@@ -140,7 +140,8 @@ def test_exception_in_the_frame_probe_on_a_streaming_thread_fails_only_that_stre
     assert error["category"] == "internal" and "frame probe" in error["detail"]
     assert "pw-in-probe" not in str(engine.info("victim")) + str(engine.events("victim"))
     assert not hooked, hooked
-    assert any(r.levelno == logging.ERROR and "frame probe failed" in r.getMessage() for r in caplog.records)
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("first-frame probe failed" in r.getMessage() for r in logged)
     _bystander_undisturbed(engine)
 
 

@@ -3,10 +3,15 @@
 A pipeline is built for each attempt and thrown away on any failure: rtspsrc and the
 demuxers do not come back after their peer died, and a fresh pipeline is the only state
 that is known to be clean. Everything here runs on the engine's loop thread, except
-the frame probe (streaming thread, counters only) and the final NULL state change, which
+the one-shot first-frame probe, the bus sync handler (streaming threads; both only flip
+flags) and the final NULL state change, which
 ``dispose`` does on a short-lived thread of its own so a hung element (a frozen RTSP
 server holds rtspsrc for its tcp-timeout) can never block the loop that serves every other
 stream. The pipeline is detached from everything when that happens, so nothing races it.
+
+No Python runs per frame: frames and bytes are counted by an ``identity`` element in C and
+polled by the engine tick (``poll_meter``). Three per-frame Python probes used to cost more
+CPU than GStreamer itself (bench/results/latest.md).
 """
 
 from __future__ import annotations
@@ -133,15 +138,20 @@ class StreamPipeline:
         pipeline.add(tee)
         if not src_bin.link(queue):
             raise RuntimeError("cannot link source to queue")
+        counter = _make("identity", "meter")
+        counter.set_property("silent", True)
+        pipeline.add(counter)
         if paced:
             clocksync = _make("clocksync", "pace")
             pipeline.add(clocksync)
             queue.link(clocksync)
-            clocksync.link(tee)
+            clocksync.link(counter)
         else:
-            queue.link(tee)
-        self._probe_pad = _pad(tee, "sink")
-        self._probe_id = self._probe_pad.add_probe(Gst.PadProbeType.BUFFER, self._on_buffer)
+            queue.link(counter)
+        counter.link(tee)
+        self._counter = counter
+        self._probe_pad: Gst.Pad | None = _pad(tee, "sink")
+        self._probe_id = self._probe_pad.add_probe(Gst.PadProbeType.BUFFER, self._on_first_buffer)
 
         discard = _make("fakesink", "discard")
         discard.set_property("sync", False)
@@ -156,25 +166,43 @@ class StreamPipeline:
         # Called on the loop thread: the signal watch attaches to its thread-default context.
         bus = self.pipeline.get_bus()
         bus.add_signal_watch()
+        bus.set_sync_handler(self._on_sync_message)
         self._bus_handler = bus.connect("message", self._on_bus_message)
         self._bus_watched = True
         result = self.pipeline.set_state(Gst.State.PLAYING)
         return bool(result != Gst.StateChangeReturn.FAILURE)
 
-    def _on_buffer(self, _pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+    def _on_first_buffer(self, _pad: Gst.Pad, _info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        """Once per attempt: PLAYING is entered at the first frame, not at the next poll."""
+        self._probe_id = 0
         try:
-            buffer = info.get_buffer()
-            if buffer is not None:
-                keyframe = not buffer.has_flags(Gst.BufferFlags.DELTA_UNIT)
-                if self._meter.on_frame(buffer.get_size(), keyframe):
-                    self._loop.schedule(self._on_first_frame)
+            self._meter.first_frame_seen()
+            self._loop.schedule(self._on_first_frame)
         except Exception as exc:
             # A streaming thread: uncaught, this would reach only sys.excepthook (no log, no
             # redaction) and the frame would be dropped. It is this stream's failure instead.
-            log.exception("[%s] frame probe failed", self.stream_id)
+            log.exception("[%s] first-frame probe failed", self.stream_id)
             report = ErrorReport(kind="internal", message=f"frame probe: {type(exc).__name__}: {exc}")
             self._loop.schedule(lambda: self._on_failure(report))
-        return Gst.PadProbeReturn.OK
+        return Gst.PadProbeReturn.REMOVE
+
+    def poll_meter(self) -> None:
+        """Copy the C counters into the meter (loop thread, every engine tick)."""
+        frames, size = element_counts(self._counter)
+        self._meter.observe(frames, size)
+
+    def _on_sync_message(self, _bus: Gst.Bus, message: Gst.Message) -> Gst.BusSyncReply:
+        """Runs in the posting (streaming) thread, before that thread's flow error travels on.
+
+        A branch that errors must be cut off before its error flow return reaches the tee and
+        stops the ingest; the async bus watch would see it a frame or more too late.
+        """
+        if message.type == Gst.MessageType.ERROR and message.src is not None:
+            for branch in self.branches:
+                if branch.owns(message.src):
+                    branch.on_error_sync()
+                    break
+        return Gst.BusSyncReply.PASS
 
     def _on_bus_message(self, _bus: Gst.Bus, message: Gst.Message) -> None:
         source = message.src
@@ -207,12 +235,14 @@ class StreamPipeline:
             bus = self.pipeline.get_bus()
             bus.disconnect(self._bus_handler)
             bus.remove_signal_watch()
+            bus.set_sync_handler(None)  # its closure holds this object: a cycle through C
             self._bus_watched = False
         self._on_failure = _ignore_report
         self._on_first_frame = _ignore
 
     def dispose(self, stats: DisposalStats, timeout: float, finalize_recording: bool = True) -> None:
         """Detach, let the branches finish (segments closed), then set NULL off the loop thread."""
+        self.poll_meter()
         self.detach()
         pipeline = self.pipeline
         finishing = [
@@ -232,7 +262,9 @@ class StreamPipeline:
             _set_null(pipeline, self.stream_id, stats, timeout)
             # The probe's closure holds this object, which holds the pipeline that holds the probe:
             # a cycle through C that Python's collector cannot see. Cut it, or every attempt leaks.
-            self._probe_pad.remove_probe(self._probe_id)
+            if self._probe_pad is not None and self._probe_id:
+                self._probe_pad.remove_probe(self._probe_id)
+            self._probe_pad = None
             for branch in self.branches:
                 try:
                     branch.disposed()
@@ -258,6 +290,10 @@ class Branch(Protocol):
 
     def on_message(self, message: Gst.Message) -> None: ...
 
+    def on_error_sync(self) -> None:
+        """An element of this branch posts an ERROR (its streaming thread): stop taking data."""
+        ...
+
     def needs_finish(self) -> bool: ...
 
     def finish(self, pipeline: Gst.Pipeline, bus: Gst.Bus, deadline: float) -> None: ...
@@ -274,6 +310,16 @@ def add_chain(pipeline: Gst.Bin, tee: Gst.Element, elements: list[Gst.Element]) 
             raise RuntimeError(f"cannot link {upstream.get_name()} to {downstream.get_name()}")
     if not tee.link(elements[0]):
         raise RuntimeError(f"cannot link tee to {elements[0].get_name()}")
+
+
+def element_counts(element: Gst.Element) -> tuple[int, int]:
+    """(buffers, bytes) an ``identity`` has passed, from the counters it keeps in C."""
+    stats = element.get_property("stats")
+    if stats is None:
+        return 0, 0
+    ok_buffers, buffers = stats.get_uint64("num-buffers")
+    ok_bytes, size = stats.get_uint64("num-bytes")
+    return (buffers if ok_buffers else 0), (size if ok_bytes else 0)
 
 
 def inside(obj: Gst.Object, ancestor: Gst.Element) -> bool:

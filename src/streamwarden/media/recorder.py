@@ -7,13 +7,17 @@ written playable. Files are written as ``<name>.part.<ext>`` and handed to the r
 
 A write failure (disk full, EIO, directory gone) must never reach the ingest: splitmuxsink
 errors make the record queue's task stop with a flow error, and the next buffer the tee
-pushes into that queue would get the error back and end the whole pipeline. The entry
-probe on the queue's sink pad therefore drops every buffer once the queue's src pad has
-seen a flow error (or the branch was marked failed), before the queue's chain runs; the
-owner then takes the branch out of the running pipeline and retries with a fresh one.
+pushes into that queue would get the error back and end the whole pipeline. The branch is
+``identity ! valve ! queue ! identity ! splitmuxsink``: the pipeline's bus sync handler calls
+``on_error_sync`` in the erroring thread, before its flow error travels upstream, and the
+valve starts dropping (in C, returning OK to the tee); the owner then takes the branch out
+of the running pipeline and retries with a fresh one. No Python runs per frame: the two
+identities count frames in and out (liveness: in without out is a stuck writer), and the
+keyframe gate is a probe that removes itself at the first keyframe.
 
-Threads: ``attach``/``detach``/``on_message`` run on the loop thread; the probes and
-``format-location-full`` on streaming threads (counters and a path only); ``finish`` and
+Threads: ``attach``/``detach``/``on_message``/``poll`` run on the loop thread; the gate probe,
+``on_error_sync`` and ``format-location-full`` on streaming threads (flags and a path only);
+``finish`` and
 ``disposed`` on the pipeline's disposal thread. A branch leaving a running pipeline sets its
 elements to NULL on a short-lived ``dispose-recorder-*`` thread, for the same reason the
 pipeline does: a writer stuck in ``write()`` (a hung NFS mount) must not freeze the loop.
@@ -24,17 +28,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from itertools import pairwise
 from pathlib import Path
 from typing import Protocol
 
 from streamwarden.config import RecordConfig, RecordFormat
 from streamwarden.media.gst import GLib, Gst
 from streamwarden.media.loop import LoopThread
-from streamwarden.media.pipeline import add_chain, inside, make_element, pad_of
+from streamwarden.media.pipeline import add_chain, element_counts, inside, make_element, pad_of
 from streamwarden.recording.index import CloseReason
 from streamwarden.recording.naming import render_template
 
@@ -109,15 +113,16 @@ class RecorderBranch:
         self.attempt_ended = False  # the whole pipeline is being disposed: leave NULL to it
         self.failed = False
         self.segments: list[OpenSegment] = []
-        self.frames_in = 0  # frames the recorder accepted (from its first keyframe)
         self.frames_skipped = 0  # frames before the first keyframe (a segment starts on one)
-        self.frames_dropped = 0  # frames dropped because the branch had failed
         self.attached_at = time.monotonic()
-        self.last_in_at: float | None = None
+        self.last_in_at: float | None = None  # last poll that saw frames enter / reach the muxer
         self.last_mux_at: float | None = None
-        self._keyframe_seen = False
-        self._mux_counts: defaultdict[int, int] = defaultdict(int)
-        self._mux_sequence = 0
+        self._seen_in = 0
+        self._seen_out = 0
+        self._in_at_failure: int | None = None
+        self._gate: Gst.Element | None = None
+        self._valve: Gst.Element | None = None
+        self._out: Gst.Element | None = None
         self._eos_sent = False
         self._lock = threading.Lock()
         self._pipeline: Gst.Pipeline | None = None
@@ -125,7 +130,6 @@ class RecorderBranch:
         self._tee_pad: Gst.Pad | None = None
         self._queue: Gst.Element | None = None
         self._split: Gst.Element | None = None
-        self._queue_src: Gst.Pad | None = None
         self._detach_timer: GLib.Source | None = None
         # Probes and signal handlers hold this object from C: cut once NULL (see _cut_cycles).
         self._probes: list[tuple[Gst.Pad, int]] = []
@@ -135,6 +139,11 @@ class RecorderBranch:
     def attach(self, pipeline: Gst.Pipeline, tee: Gst.Element) -> None:
         """Build and link; into a pipeline that is already running when recording restarts."""
         suffix = f"-{self.serial}" if self.serial else ""
+        gate = make_element("identity", f"record-in{suffix}")
+        gate.set_property("silent", True)
+        valve = make_element("valve", f"record-valve{suffix}")
+        out = make_element("identity", f"record-out{suffix}")
+        out.set_property("silent", True)
         queue = make_element("queue", f"record-queue{suffix}")
         queue.set_property("max-size-time", 5 * Gst.SECOND)
         queue.set_property("max-size-buffers", 0)
@@ -156,66 +165,74 @@ class RecorderBranch:
         sink.set_property("async", False)
         split.set_property("muxer", muxer)
         split.set_property("sink", sink)
-        self._handlers.append((muxer, muxer.connect("pad-added", self._on_muxer_pad)))
         self._handlers.append((split, split.connect("format-location-full", self._next_segment)))
-        queue_sink = pad_of(queue, "sink")
-        self._queue_src = pad_of(queue, "src")
-        self._probes.append((queue_sink, queue_sink.add_probe(Gst.PadProbeType.BUFFER, self._on_entry)))
+        entry = pad_of(gate, "sink")
+        self._probes.append((entry, entry.add_probe(Gst.PadProbeType.BUFFER, self._until_keyframe)))
         self._pipeline, self._tee, self._queue, self._split = pipeline, tee, queue, split
+        self._gate, self._valve, self._out = gate, valve, out
+        chain = [gate, valve, queue, out, split]
         _result, current, pending = pipeline.get_state(0)
         if current == Gst.State.NULL and pending in (Gst.State.VOID_PENDING, Gst.State.NULL):
-            add_chain(pipeline, tee, [queue, split])
+            add_chain(pipeline, tee, chain)
         else:
             # Running: the elements must be PLAYING before the tee pushes into them (a flushing
             # pad would hand FLUSHING back to the tee and stop the ingest).
-            pipeline.add(queue)
-            pipeline.add(split)
-            if not queue.link(split):
-                raise RuntimeError("cannot link record queue to splitmuxsink")
-            split.sync_state_with_parent()
-            queue.sync_state_with_parent()
+            for element in chain:
+                pipeline.add(element)
+            for upstream, downstream in pairwise(chain):
+                if not upstream.link(downstream):
+                    raise RuntimeError(f"cannot link {upstream.get_name()} in the recorder")
+            for element in reversed(chain):
+                element.sync_state_with_parent()
             tee_pad = tee.request_pad_simple("src_%u")
-            if tee_pad is None or tee_pad.link(queue_sink) != Gst.PadLinkReturn.OK:
-                raise RuntimeError("cannot link the tee to the record queue")
-        self._tee_pad = queue_sink.get_peer()
+            if tee_pad is None or tee_pad.link(entry) != Gst.PadLinkReturn.OK:
+                raise RuntimeError("cannot link the tee to the recorder")
+        self._tee_pad = entry.get_peer()
 
     # -- streaming threads ------------------------------------------------------------------
-    def _on_entry(self, _pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+    def _until_keyframe(self, pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        """A segment must start on a keyframe: drop until one, then remove this probe."""
         buffer = info.get_buffer()
-        if buffer is None:
-            return Gst.PadProbeReturn.OK
-        queue_src = self._queue_src
-        if self.failed or (
-            queue_src is not None and queue_src.get_last_flow_return() <= Gst.FlowReturn.NOT_NEGOTIATED
-        ):
-            self.failed = True  # the recorder's error must not travel back into the tee
-            self.frames_dropped += 1
+        if buffer is not None and buffer.has_flags(Gst.BufferFlags.DELTA_UNIT):
+            self.frames_skipped += 1
             return Gst.PadProbeReturn.DROP
-        if not self._keyframe_seen:
-            if buffer.has_flags(Gst.BufferFlags.DELTA_UNIT):
-                self.frames_skipped += 1
-                return Gst.PadProbeReturn.DROP
-            self._keyframe_seen = True
-        self.frames_in += 1
-        self.last_in_at = time.monotonic()
-        return Gst.PadProbeReturn.OK
+        with self._lock:
+            self._probes = [(p, i) for p, i in self._probes if p is not pad]
+        return Gst.PadProbeReturn.REMOVE
 
-    def _on_muxer_pad(self, _muxer: Gst.Element, pad: Gst.Pad) -> None:
-        if pad.get_direction() == Gst.PadDirection.SINK:
-            kinds = Gst.PadProbeType.BUFFER | Gst.PadProbeType.EVENT_DOWNSTREAM
-            self._probes.append((pad, pad.add_probe(kinds, self._on_muxed)))
+    def on_error_sync(self) -> None:
+        """Close the valve before the error's flow return reaches the tee (streaming thread)."""
+        self._mark_failed()
 
-    def _on_muxed(self, _pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
-        # splitmuxsink reuses one muxer and ends each fragment with EOS into it: the frames
-        # between two EOS are exactly the frames of one segment file.
-        if info.type & Gst.PadProbeType.BUFFER:
-            self._mux_counts[self._mux_sequence] += 1
-            self.last_mux_at = time.monotonic()
-        else:
-            event = info.get_event()
-            if event is not None and event.type == Gst.EventType.EOS:
-                self._mux_sequence += 1
-        return Gst.PadProbeReturn.OK
+    def _mark_failed(self) -> None:
+        if self._in_at_failure is None:
+            self._in_at_failure = self._count(self._gate)
+        self.failed = True
+        if self._valve is not None:
+            self._valve.set_property("drop", True)
+
+    @staticmethod
+    def _count(element: Gst.Element | None) -> int:
+        return 0 if element is None else element_counts(element)[0]
+
+    @property
+    def frames_in(self) -> int:
+        """Frames the recorder accepted (from its first keyframe until it failed)."""
+        return self._count(self._gate) if self._in_at_failure is None else self._in_at_failure
+
+    @property
+    def frames_dropped(self) -> int:
+        """Frames the closed valve dropped after the branch failed."""
+        return 0 if self._in_at_failure is None else self._count(self._gate) - self._in_at_failure
+
+    def poll(self) -> None:
+        """Note when frames last entered and last reached the muxer (loop thread, each tick)."""
+        now = time.monotonic()
+        entered, written = self._count(self._gate), self._count(self._out)
+        if entered > self._seen_in:
+            self._seen_in, self.last_in_at = entered, now
+        if written > self._seen_out:
+            self._seen_out, self.last_mux_at = written, now
 
     def _next_segment(self, split: Gst.Element, _fragment: int, sample: Gst.Sample | None) -> str:
         start = _wall_time_of(split, sample)
@@ -232,7 +249,10 @@ class RecorderBranch:
 
     # -- bus messages (loop thread) ----------------------------------------------------------
     def owns(self, element: Gst.Object) -> bool:
-        return any(e is not None and inside(element, e) for e in (self._split, self._queue))
+        return any(
+            e is not None and inside(element, e)
+            for e in (self._split, self._queue, self._gate, self._valve, self._out)
+        )
 
     def on_message(self, message: Gst.Message) -> None:
         kind = message.type
@@ -249,7 +269,7 @@ class RecorderBranch:
                 self._complete_detach()  # the last segment of a runtime detach is closed
         elif kind == Gst.MessageType.ERROR:
             error, debug = message.parse_error()
-            self.failed = True
+            self._mark_failed()
             domain = error.domain if isinstance(error.domain, str) else GLib.quark_to_string(error.domain)
             category = "resource" if domain == _RESOURCE_DOMAIN or self._write_side(message) else "pipeline"
             source = message.src.get_name() if message.src is not None else "?"
@@ -261,7 +281,9 @@ class RecorderBranch:
 
     def _write_side(self, message: Gst.Message) -> bool:
         # The queue's "Internal data stream error" after a sink failure is the same write failure.
-        return message.src is not None and self._queue is not None and inside(message.src, self._queue)
+        return message.src is not None and any(
+            e is not None and inside(message.src, e) for e in (self._queue, self._out)
+        )
 
     def _segment(self, location: str) -> OpenSegment | None:
         with self._lock:
@@ -277,8 +299,7 @@ class RecorderBranch:
             ending = self.state != BranchState.ATTACHED and self._eos_sent
             reason = self.close_reason if newest and ending else CloseReason.ROTATION
             segment.handed_off = True
-            frames = self._mux_counts.get(segment.sequence)
-        self.owner.segment_closed(self, segment, reason, frames, True)
+        self.owner.segment_closed(self, segment, reason, None, True)
         return newest and ending
 
     # -- leaving a running pipeline (loop thread) -------------------------------------------------
@@ -288,12 +309,12 @@ class RecorderBranch:
             return
         self.state = BranchState.DETACHING
         self.close_reason = reason
-        queue = self._queue
+        gate = self._gate
         tee_pad = self._tee_pad
-        if queue is None or tee_pad is None:
+        if gate is None or tee_pad is None:
             self._complete_detach()
             return
-        queue_sink = pad_of(queue, "sink")
+        queue_sink = pad_of(gate, "sink")
         drain = not self.failed and self.frames_in > 0
 
         def _unlink(pad: Gst.Pad, _info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
@@ -333,7 +354,8 @@ class RecorderBranch:
             self._detach_timer = None
         self._release_tee_pad()
         self.state = BranchState.DONE
-        elements = [e for e in (self._queue, self._split) if e is not None]
+        parts = (self._gate, self._valve, self._queue, self._out, self._split)
+        elements = [e for e in parts if e is not None]
 
         pipeline = self._pipeline
 
@@ -361,10 +383,10 @@ class RecorderBranch:
     def finish(self, pipeline: Gst.Pipeline, bus: Gst.Bus, deadline: float) -> None:
         """EOS into this branch only, then wait (bounded) for its newest segment to close."""
         self.state = BranchState.DETACHING
-        if self._queue is None or self.frames_in == 0:
+        if self._gate is None or self.frames_in == 0:
             return
         self._eos_sent = True
-        pad_of(self._queue, "sink").send_event(Gst.Event.new_eos())
+        pad_of(self._gate, "sink").send_event(Gst.Event.new_eos())
         while time.monotonic() < deadline:
             message = bus.timed_pop_filtered(
                 100 * Gst.MSECOND, Gst.MessageType.ELEMENT | Gst.MessageType.ERROR
@@ -417,16 +439,11 @@ class RecorderBranch:
             for segment in pending:
                 segment.handed_off = True
             last = self.segments[-1] if self.segments else None
-            counts = dict(self._mux_counts)
         for segment in pending:
             # Only the newest can have been cut: splitmuxsink opens a file after closing the last.
             newest = segment is last
             reason = self.close_reason if newest else CloseReason.ROTATION
-            self.owner.segment_closed(self, segment, reason, counts.get(segment.sequence), not newest)
-
-    @property
-    def frames_muxed(self) -> int:
-        return sum(self._mux_counts.values())
+            self.owner.segment_closed(self, segment, reason, None, not newest)
 
 
 def _wall_time_of(element: Gst.Element, sample: Gst.Sample | None) -> float:

@@ -270,7 +270,10 @@ class Recorder:
     def tick(self) -> None:
         """Liveness: frames going in but none reaching the file means a stuck writer."""
         branch = self.branch
-        if branch is None or branch.state != BranchState.ATTACHED or branch.last_in_at is None:
+        if branch is None or branch.state != BranchState.ATTACHED:
+            return
+        branch.poll()
+        if branch.last_in_at is None:
             return
         written = branch.last_mux_at or branch.attached_at
         if branch.last_in_at - written > LIVENESS_SECONDS:

@@ -508,6 +508,9 @@ class ServeBranch:
             error, _debug = message.parse_error()
             log.warning("[%s] serve branch error: %s", self.stream_id, error.message)
 
+    def on_error_sync(self) -> None:
+        return None  # appsink never returns an error to the tee: nothing to cut off
+
     def needs_finish(self) -> bool:
         return False
 
