@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 from streamwarden.media.gst import GLib, Gst
+from streamwarden.media.rtpstats import RtpStats, read_rtp_stats
 from streamwarden.media.weakcb import weak_callback
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ class RtspSourceBin(Gst.Bin):
             src.set_property("user-pw", password)
         self.add(src)
         src.connect("pad-added", weak_callback(self._on_pad_added))
+
+    def transport_stats(self) -> RtpStats | None:
+        """Cumulative RTP/RTCP counters (loss, jitter, ...); None until SETUP. Any thread."""
+        return read_rtp_stats(self.rtspsrc)
 
     def _on_pad_added(self, _src: Gst.Element, pad: Gst.Pad) -> None:
         # Streaming thread: classify, block, and hand the work to the loop.

@@ -1,4 +1,5 @@
-"""Pure-Python recovery policy: backoff, circuit breaker, quarantine, reconnect budget, error classes.
+"""Pure-Python recovery policy: backoff, circuit breaker, quarantine, reconnect budget, error classes,
+and transport degradation.
 
 Nothing here imports GStreamer, so every decision about *when* and *whether* to reconnect can be
 unit-tested with a fake clock and a seeded random generator.
@@ -18,6 +19,7 @@ from streamwarden.policy.classify import (
     rtsp_status_from_text,
     rule_from_mapping,
 )
+from streamwarden.policy.degradation import DegradationChange, DegradationDetector, DegradationThresholds
 from streamwarden.policy.quarantine import Quarantine, QuarantinePolicy
 from streamwarden.policy.token_bucket import TokenBucket
 
@@ -32,6 +34,9 @@ __all__ = [
     "CircuitBreaker",
     "Classification",
     "Classifier",
+    "DegradationChange",
+    "DegradationDetector",
+    "DegradationThresholds",
     "ErrorReport",
     "JitterMode",
     "Quarantine",
