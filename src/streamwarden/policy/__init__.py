@@ -1,4 +1,5 @@
-"""Pure-Python recovery policy: backoff, circuit breaker, quarantine, reconnect budget, error classes.
+"""Pure-Python recovery policy: backoff, breaker, quarantine, reconnect budget, error classes,
+cross-stream correlation, error-rate alarms, adaptive strategies and resource shedding.
 
 Nothing here imports GStreamer, so every decision about *when* and *whether* to reconnect can be
 unit-tested with a fake clock and a seeded random generator.
@@ -18,7 +19,18 @@ from streamwarden.policy.classify import (
     rtsp_status_from_text,
     rule_from_mapping,
 )
+from streamwarden.policy.correlation import Correlator, Incident, IncidentChange, StreamKeys, keys_for_url
+from streamwarden.policy.error_rate import ErrorRateDetector, RateChange
+from streamwarden.policy.pressure import (
+    ResourceLimits,
+    ResourceSample,
+    ShedAction,
+    ShedLevel,
+    ShedPlanner,
+    StreamLoad,
+)
 from streamwarden.policy.quarantine import Quarantine, QuarantinePolicy
+from streamwarden.policy.strategies import Strategy, StrategyRecord, StrategySelector, StrategyStats
 from streamwarden.policy.token_bucket import TokenBucket
 
 __all__ = [
@@ -32,13 +44,30 @@ __all__ = [
     "CircuitBreaker",
     "Classification",
     "Classifier",
+    "Correlator",
+    "ErrorRateDetector",
     "ErrorReport",
+    "Incident",
+    "IncidentChange",
     "JitterMode",
     "Quarantine",
     "QuarantinePolicy",
+    "RateChange",
+    "ResourceLimits",
+    "ResourceSample",
     "Rule",
+    "ShedAction",
+    "ShedLevel",
+    "ShedPlanner",
+    "Strategy",
+    "StrategyRecord",
+    "StrategySelector",
+    "StrategyStats",
+    "StreamKeys",
+    "StreamLoad",
     "TokenBucket",
     "Transience",
+    "keys_for_url",
     "rtsp_status_from_text",
     "rule_from_mapping",
 ]
