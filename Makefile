@@ -7,7 +7,7 @@ DEB_PACKAGES := python3-gi python3-gst-1.0 python3-venv gir1.2-gst-rtsp-server-1
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools ffmpeg
 
-.PHONY: setup debs demo test lint typecheck unit chaos bench clean
+.PHONY: setup debs demo test lint typecheck unit chaos bench bench-policy clean
 
 setup: debs $(STAMP)
 
@@ -41,6 +41,11 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 
 bench: debs $(BENCH_STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Only the pure-Python recovery-policy micro-benchmark (seconds; no GStreamer, no cameras).
+# BENCH_ARGS=--quick for a smoke run. Writes bench/results/policy.md.
+bench-policy: setup
+	$(PY) bench/policy_bench.py $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

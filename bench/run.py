@@ -186,6 +186,7 @@ class Bench:
         self.api_errors: dict[int, str] = {}
         self.recovery: dict[int, dict[str, Any]] = {}
         self.profile: dict[str, Any] = {}
+        self.policy = ""  # markdown table of bench/policy_bench.py
         self.seq = 0
 
     # -- children ---------------------------------------------------------------------------------
@@ -1139,6 +1140,19 @@ def profile_section(bench: Bench) -> str:
     return "\n".join(out)
 
 
+def policy_section(quick: bool) -> str:
+    """The recovery-policy micro-benchmark: seconds of pure Python, so every run includes it."""
+    print("== recovery-policy micro-benchmark (bench/policy_bench.py)", flush=True)
+    try:
+        import policy_bench
+
+        rows = policy_bench.measure(quick=quick, progress=lambda line: print(line, flush=True))
+        return policy_bench.markdown(rows)
+    except Exception as exc:  # a broken micro-benchmark must not cost the whole run's report
+        print(f"   ! policy bench failed: {exc!r}", flush=True)
+        return f"Failed: `{exc!r}`"
+
+
 def environment() -> str:
     def first_line(argv: list[str]) -> str:
         try:
@@ -1239,6 +1253,10 @@ def write_report(bench: Bench, started: datetime, elapsed: float) -> tuple[Path,
         "## Profile",
         "",
         profile_section(bench),
+        "",
+        "## Recovery-policy decisions (pure Python, `bench/policy_bench.py`)",
+        "",
+        bench.policy or "Not run.",
         "",
     ]
     if plotted:
@@ -1416,6 +1434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = 1
         finally:
             bench.cleanup()
+    if code != 130:
+        bench.policy = policy_section(settings.quick)
     path, text = write_report(bench, started, time.monotonic() - t_start)
     print()
     print(text)
