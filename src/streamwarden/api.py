@@ -44,11 +44,12 @@ from streamwarden import __version__
 from streamwarden.config import (  # _location: the field-path format config errors use too
     ApiConfig,
     Config,
+    LimitsConfig,
     StreamSpec,
     _location,
     resolve_relative_paths,
 )
-from streamwarden.engine import Engine, StreamExistsError, StreamNotFoundError
+from streamwarden.engine import AdmissionRefusedError, Engine, StreamExistsError, StreamNotFoundError
 from streamwarden.metrics import CONTENT_TYPE, create_registry, render
 from streamwarden.persist import StateSaver, StateStore, json_with_secrets
 from streamwarden.redact import REDACTED, redact
@@ -512,7 +513,8 @@ class _ControlApp(FastAPI):
 
 def _complete_openapi(document: dict[str, Any]) -> None:
     (_, defs) = models_json_schema(
-        [(StreamSpec, "validation"), (Problem, "serialization")], ref_template=REF + "{model}"
+        [(StreamSpec, "validation"), (LimitsConfig, "validation"), (Problem, "serialization")],
+        ref_template=REF + "{model}",
     )
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name, schema in defs["$defs"].items():
@@ -558,6 +560,10 @@ def _partial(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
             return {**rest, "anyOf": variants}
     if schema.get("type") == "object" and "properties" in schema:
         return _partial_object(schema, schemas)
+    extra = schema.get("additionalProperties")
+    if schema.get("type") == "object" and isinstance(extra, dict):
+        # A map (e.g. recovery.strategies): a null value deletes that key in a merge patch.
+        return {**schema, "additionalProperties": {"anyOf": [_partial(extra, schemas), {"type": "null"}]}}
     return schema
 
 
@@ -684,6 +690,15 @@ def create_app(
                 "Stream already exists",
                 f"a stream with id {stream_id!r} already exists",
                 errors=[FieldError(field="id", message=f"{stream_id!r} is taken")],
+            ) from None
+        except AdmissionRefusedError as exc:
+            field, _, detail = str(exc).partition(": ")
+            raise ProblemError(
+                409,
+                "limit-reached",
+                "Resource limit reached",
+                redact(str(exc)),
+                errors=[FieldError(field=field, message=redact(detail))],
             ) from None
         except TimeoutError:
             raise ProblemError(
@@ -869,6 +884,49 @@ def create_app(
         await persist()
         info: dict[str, Any] = _scrub(await call(engine.info, stream_id))
         return info
+
+    @app.get(
+        "/incidents",
+        tags=["engine"],
+        summary="Shared-cause incidents and error-rate alarms: open first, then recently closed",
+        dependencies=read_deps,
+        responses=_problems(*read_codes, 503),
+    )
+    async def incidents() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = _scrub(await call(engine.incident_list))
+        return found
+
+    @app.get(
+        "/engine/resources",
+        tags=["engine"],
+        summary="Process memory, CPU, fds and threads against engine.limits; what is shed",
+        dependencies=read_deps,
+        responses=_problems(*read_codes, 503),
+    )
+    async def resources() -> dict[str, Any]:
+        found: dict[str, Any] = await call(engine.resources)
+        return found
+
+    @app.put(
+        "/engine/limits",
+        tags=["engine"],
+        summary="Replace engine.limits at runtime (shedding and restoring follow at the next check)",
+        dependencies=write_deps,
+        responses=_problems(400, *auth_codes, 413, 422, 503),
+        openapi_extra=_json_body("LimitsConfig", "application/json"),
+    )
+    async def put_limits(request: Request) -> dict[str, Any]:
+        data = await _read_json(request)
+        if not isinstance(data, dict):
+            raise _invalid([FieldError(field="(root)", message="must be a JSON object (engine.limits)")])
+        try:
+            limits = LimitsConfig.model_validate_json(json.dumps(data), strict=True)
+        except ValidationError as exc:
+            raise _invalid(_field_errors(exc)) from None
+        await call(engine.set_limits, limits)
+        log.info("engine limits replaced through the API")
+        found: dict[str, Any] = await call(engine.resources)
+        return found
 
     @app.get(
         "/streams/{stream_id}/events",

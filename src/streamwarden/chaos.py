@@ -63,7 +63,7 @@ from streamwarden.config import (
     parse_stream_spec,
 )
 from streamwarden.engine import Engine
-from streamwarden.state import StreamState, TransitionEvent
+from streamwarden.state import UP_STATES, TransitionEvent
 from streamwarden.testing.camera import CameraProcess, free_port
 from streamwarden.testing.fakertsp import FakeRtspServer
 from streamwarden.testing.faultproxy import Direction, FaultProxy
@@ -254,11 +254,15 @@ class Transitions:
             return list(self._events.get(stream_id, ()))
 
     def playing_since(self, stream_id: str) -> float | None:
-        """When the stream last entered PLAYING, if that is its current state."""
+        """When the stream last came up (PLAYING or DEGRADED), if it is still up."""
         events = self.of(stream_id)
-        if not events or events[-1].to_state != StreamState.PLAYING:
+        if not events or events[-1].to_state not in UP_STATES:
             return None
-        return events[-1].monotonic
+        last_up = events[-1]
+        for event in reversed(events):
+            if event.from_state not in UP_STATES:
+                return event.monotonic if event.to_state in UP_STATES else last_up.monotonic
+        return events[0].monotonic
 
     def all_text(self) -> str:
         with self._lock:
@@ -478,11 +482,11 @@ class ChaosRun:
         deadline = time.monotonic() + timeout
         ids = self.engine.stream_ids()
         while time.monotonic() < deadline:
-            waiting = [s for s in ids if self.engine.state(s) != StreamState.PLAYING]
+            waiting = [s for s in ids if self.engine.state(s) not in UP_STATES]
             if not waiting:
                 return []
             time.sleep(0.1)
-        return [s for s in ids if self.engine.state(s) != StreamState.PLAYING]
+        return [s for s in ids if self.engine.state(s) not in UP_STATES]
 
     def fault_at(self, stream_id: str, wall: float, margin: float = 1.5) -> Fault | None:
         """The fault of ``stream_id`` whose window (injection to release, +- margin) holds ``wall``."""
@@ -588,7 +592,7 @@ class ChaosRun:
             if fault.healed_at is None:
                 continue
             events = [e for e in self.transitions.of(stream_id) if e.monotonic >= fault.injected_at]
-            left = [e for e in events if e.from_state == StreamState.PLAYING]
+            left = [e for e in events if e.from_state in UP_STATES and e.to_state not in UP_STATES]
             if left and fault.detected_at is None:
                 fault.detected_at = left[0].monotonic
                 fault.left_playing = True
@@ -596,7 +600,7 @@ class ChaosRun:
             settled = since is not None and time.monotonic() - since >= SETTLE_SECONDS
             if settled and time.monotonic() - fault.healed_at >= SETTLE_SECONDS:
                 if fault.left_playing:
-                    back = [e for e in events if e.to_state == StreamState.PLAYING]
+                    back = [e for e in events if e.to_state in UP_STATES and e.from_state not in UP_STATES]
                     fault.recovered_at = back[-1].monotonic if back else since
                 self._release(fault)
             elif time.monotonic() - fault.healed_at > RECOVERY_CAP:
@@ -909,7 +913,7 @@ def run_churn(
         engine.add_stream(file_spec("steady-file-b"))
         engine.add_stream(rtsp_spec("steady-cam", "/steady"))
         _wait(
-            lambda: all(engine.state(s) == StreamState.PLAYING for s in steady),
+            lambda: all(engine.state(s) in UP_STATES for s in steady),
             START_TIMEOUT,
             "steady streams",
         )
@@ -938,7 +942,7 @@ def run_churn(
         after = ProcessSample.take()
         gaps = [engine.health(s).max_frame_gap_seconds for s in steady]
         recoveries = sum(engine.health(s).recoveries_total for s in steady)
-        not_playing = [s for s in steady if engine.state(s) != StreamState.PLAYING]
+        not_playing = [s for s in steady if engine.state(s) not in UP_STATES]
         if not_playing:
             recoveries += len(not_playing)
     finally:

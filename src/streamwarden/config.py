@@ -181,12 +181,49 @@ class QuarantineConfig(_Model):
         )
 
 
+StrategyName = Literal["reconnect", "reconnect_now", "switch_transport", "restart"]
+
+
 class RecoveryConfig(_Model):
     backoff: BackoffConfig = Field(default_factory=BackoffConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     quarantine: QuarantineConfig = Field(default_factory=QuarantineConfig)
     # No new frame for this long while connected -> STALLED -> recovery.
     stall_timeout_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Adaptive recovery: per error category, the strategies to try in order (the engine learns
+    # which works for this stream and prefers it); unset categories use the built-in order.
+    adaptive: bool = True
+    strategies: dict[str, list[StrategyName]] = Field(default_factory=dict)
+    strategy_min_trials: int = Field(default=2, ge=1, le=100)
+
+
+class DegradedConfig(_Model):
+    """When a stream that still plays is marked DEGRADED; a figure above its maximum degrades it.
+
+    ``null`` disables a check. Transport figures (RTSP only) come from RTP/RTCP statistics over
+    ``window_seconds``; the stream is PLAYING again after ``clear_after_seconds`` below all of them.
+    """
+
+    max_loss_percent: float | None = Field(default=2.0, ge=0, le=100)
+    max_jitter_ms: float | None = Field(default=50.0, ge=0)
+    max_late_percent: float | None = Field(default=2.0, ge=0, le=100)
+    max_rtt_ms: float | None = Field(default=None, ge=0)
+    # Frame rate below this fraction of the nominal rate (the caps', else learned) degrades.
+    min_fps_ratio: float | None = Field(default=0.5, ge=0, le=1)
+    # Timestamp discontinuities, jumps or corrupt frames per minute (seen by media sampling).
+    max_media_errors_per_minute: float | None = Field(default=6.0, ge=0)
+    window_seconds: float = Field(default=10.0, gt=0, le=3600)
+    clear_after_seconds: float = Field(default=5.0, ge=0, le=3600)
+
+
+class HealthConfig(_Model):
+    degraded: DegradedConfig = Field(default_factory=DegradedConfig)
+    # Media checks (timestamps, flags, frame rate) look at every frame for this long ...
+    media_sample_seconds: float = Field(default=1.0, ge=0, le=60)
+    # ... once per this interval: per-frame Python is costly, so media health is sampled. 0: off.
+    media_sample_interval_seconds: float = Field(default=10.0, ge=0, le=3600)
+    # Fixed nominal frame rate; unset: the caps' rate, else learned from the first seconds.
+    nominal_fps: float | None = Field(default=None, gt=0, le=1000)
 
 
 class RecordConfig(_Model):
@@ -233,6 +270,9 @@ class StreamSpec(_Model):
     serve: bool = False
     record: RecordConfig | None = None
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    # Under resource pressure lower priorities are shed first (higher number = more important).
+    priority: int = Field(default=0, ge=-1000, le=1000)
     enabled: bool = True
 
 
@@ -285,8 +325,39 @@ class ReconnectBudgetConfig(_Model):
     burst: int = Field(default=10, ge=1, le=10_000)
 
 
+class LimitsConfig(_Model):
+    """Process limits; over one, load is shed by stream priority (README "Resource pressure").
+
+    Unset limits are not watched. Pressure ends when every figure is below limit x clear_ratio.
+    """
+
+    max_streams: int | None = Field(default=None, ge=1, le=100_000)
+    max_memory_mb: float | None = Field(default=None, gt=0)
+    max_cpu_percent: float | None = Field(default=None, gt=0)
+    max_open_fds: int | None = Field(default=None, ge=1)
+    max_threads: int | None = Field(default=None, ge=1)
+    clear_ratio: float = Field(default=0.9, gt=0, le=1)
+    check_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
+    # One shedding (or restoring) step at most this often, so each step's effect is measured.
+    step_seconds: float = Field(default=2.0, ge=0, le=3600)
+
+
+class CorrelationConfig(_Model):
+    """Shared-cause incidents: streams sharing a host, network or credential failing together."""
+
+    window_seconds: float = Field(default=30.0, gt=0, le=3600)
+    min_streams: int = Field(default=3, ge=2, le=100_000)
+    # When the group's probe stream is back, the others reconnect this far apart.
+    release_spread_seconds: float = Field(default=0.2, ge=0, le=60)
+    error_rate_window_seconds: float = Field(default=60.0, gt=0, le=3600)
+    error_rate_raise_per_minute: float = Field(default=6.0, gt=0)
+    error_rate_clear_per_minute: float = Field(default=2.0, ge=0)
+
+
 class EngineConfig(_Model):
     reconnect_budget: ReconnectBudgetConfig = Field(default_factory=ReconnectBudgetConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    correlation: CorrelationConfig = Field(default_factory=CorrelationConfig)
     # Extra classification rules, checked before the built-in table (see policy.classify.Rule).
     error_rules: list[dict[str, Any]] = Field(default_factory=list)
     # A pipeline whose NULL state change takes longer than this is abandoned (logged, counted).

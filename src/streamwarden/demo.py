@@ -20,11 +20,12 @@ from streamwarden.config import StreamSpec, parse_stream_spec
 from streamwarden.engine import Engine
 from streamwarden.logs import setup_logging
 from streamwarden.media.clip import ensure_test_clip
-from streamwarden.state import StreamState, TransitionEvent
+from streamwarden.state import UP_STATES, StreamState, TransitionEvent
 from streamwarden.testing.camera import CameraProcess, free_port
 
 _STATE_STYLE = {
     StreamState.PLAYING: "green",
+    StreamState.DEGRADED: "yellow",
     StreamState.CONNECTING: "yellow",
     StreamState.STARTING: "yellow",
     StreamState.BACKOFF: "yellow",
@@ -198,7 +199,7 @@ def _measure(
                 continue
             if stream not in fault.detected and event.to_state in (StreamState.BACKOFF, StreamState.STALLED):
                 fault.detected[stream] = t - fault.started
-            if event.to_state == StreamState.PLAYING and t >= fault.ended and stream not in fault.recovered:
+            if event.to_state in UP_STATES and t >= fault.ended and stream not in fault.recovered:
                 fault.recovered[stream] = t - fault.ended
 
 

@@ -21,6 +21,7 @@ from gi.repository import Gst  # noqa: E402
 
 from streamwarden.config import (  # noqa: E402
     EngineConfig,
+    LimitsConfig,
     RecordConfig,
     RecordingConfig,
     RecoveryConfig,
@@ -30,13 +31,18 @@ from streamwarden.config import (  # noqa: E402
     redacted_spec,
 )
 from streamwarden.health import HealthSnapshot  # noqa: E402
+from streamwarden.incidents import IncidentLog  # noqa: E402
 from streamwarden.media.loop import LoopThread  # noqa: E402
 from streamwarden.media.pipeline import DisposalStats, StreamPipeline  # noqa: E402
 from streamwarden.media.recorder_service import RecordingService  # noqa: E402
 from streamwarden.media.rtspserver import RtspServer  # noqa: E402
 from streamwarden.policy.classify import Classifier  # noqa: E402
+from streamwarden.policy.correlation import Correlator  # noqa: E402
+from streamwarden.policy.error_rate import ErrorRateDetector  # noqa: E402
+from streamwarden.policy.pressure import ShedLevel, StreamLoad  # noqa: E402
 from streamwarden.policy.token_bucket import TokenBucket  # noqa: E402
 from streamwarden.recording.index import Gap, SegmentRecord  # noqa: E402
+from streamwarden.shedding import LoadShedder  # noqa: E402
 from streamwarden.state import StreamState, TransitionEvent  # noqa: E402
 from streamwarden.stream import EngineServices, StreamSupervisor, source_kind  # noqa: E402
 
@@ -53,6 +59,10 @@ class StreamNotFoundError(KeyError):
 
 class StreamExistsError(ValueError):
     """A stream with that id is already running."""
+
+
+class AdmissionRefusedError(RuntimeError):
+    """A new stream would exceed a configured limit (``engine.limits``): refused, nothing else touched."""
 
 
 class Engine:
@@ -77,6 +87,23 @@ class Engine:
         # Recorders, segment index, retention and disk guard (streams with a record section).
         self.recording = RecordingService(recording or RecordingConfig(), self.loop, self._pipeline_of)
         budget = self.config.reconnect_budget
+        correlation = self.config.correlation
+        self.correlator = Correlator(
+            window_seconds=correlation.window_seconds,
+            min_streams=correlation.min_streams,
+            release_spread_seconds=correlation.release_spread_seconds,
+            clock=clock,
+        )
+        self.error_rates = ErrorRateDetector(
+            window_seconds=correlation.error_rate_window_seconds,
+            raise_per_minute=correlation.error_rate_raise_per_minute,
+            clear_per_minute=correlation.error_rate_clear_per_minute,
+            clock=clock,
+        )
+        self.incidents = IncidentLog()
+        self.shedder = LoadShedder(self.config.limits, self, clock)
+        self._clock = clock
+        self._analyzed_at = 0.0
         self.services = EngineServices(
             loop=self.loop,
             classifier=Classifier(self.config.rules()),
@@ -90,6 +117,8 @@ class Engine:
             branch_factories=[self.recording.branch_for],
             recording=self.recording,
             serve_status=self.rtsp_server.status if self.rtsp_server is not None else None,
+            correlator=self.correlator,
+            error_rates=self.error_rates,
         )
         if self.rtsp_server is not None:
             self.services.branch_factories.append(self.rtsp_server.branch_for)
@@ -161,6 +190,10 @@ class Engine:
         def _add() -> None:
             if spec.id in self._streams:
                 raise StreamExistsError(spec.id)
+            refusal = self.shedder.admit(len(self._streams), spec.priority)
+            if refusal is not None:
+                log.warning("[%s] not added: %s", spec.id, refusal)
+                raise AdmissionRefusedError(f"engine.limits: {refusal}")
             supervisor = StreamSupervisor(spec, self.services)
             self._streams[spec.id] = supervisor
             self.recording.register(spec)  # recovers crash leftovers even if the stream stays off
@@ -173,6 +206,8 @@ class Engine:
         def _remove() -> None:
             supervisor = self._get(stream_id)
             supervisor.stop("removed")
+            supervisor.forget()
+            self.shedder.forget(stream_id)
             del self._streams[stream_id]
             self.recording.forget(stream_id)
             if self.rtsp_server is not None:
@@ -206,6 +241,56 @@ class Engine:
 
     def stop_stream(self, stream_id: str) -> None:
         self._call(lambda: self._get(stream_id).stop())
+
+    # -- recovery intelligence -----------------------------------------------------------------
+    def incident_list(self) -> list[dict[str, Any]]:
+        """Shared-cause incidents and error-rate alarms: open ones first, then recent closed ones."""
+        return self._call(self.incidents.all)
+
+    def resources(self) -> dict[str, Any]:
+        """The process's figures, its limits, whether it is under pressure and what is shed."""
+        return self._call(self.shedder.describe)
+
+    def shed_history(self) -> list[dict[str, Any]]:
+        """Shedding and restoring steps taken, oldest first (bounded)."""
+        return self._call(lambda: list(self.shedder.history))
+
+    def set_limits(self, limits: LimitsConfig) -> None:
+        """New resource limits, effective at the next check (restoring starts once under them)."""
+
+        def _set() -> None:
+            self.config = self.config.model_copy(update={"limits": limits})
+            self.shedder.configure(limits)
+
+        self._call(_set)
+
+    # ShedPlanner's view of the streams, and carrying its steps out (loop thread).
+    def shed_loads(self) -> list[StreamLoad]:
+        return [
+            StreamLoad(
+                id=s.id,
+                priority=s.spec.priority,
+                serving=s.spec.serve and self.rtsp_server is not None,
+                recording=s.spec.record is not None,
+                level=self.shedder.level(s.id),
+            )
+            for s in self._streams.values()
+            if s.spec.enabled and not (s.state == StreamState.STOPPED and not s.shed_paused)
+        ]
+
+    def apply_shed(self, stream_id: str, level: ShedLevel, reason: str | None) -> None:
+        supervisor = self._streams.get(stream_id)
+        if supervisor is None:
+            return
+        spec = supervisor.spec
+        if self.rtsp_server is not None and spec.serve:
+            self.rtsp_server.shed_clients(stream_id, reason if level >= ShedLevel.CLIENTS else None)
+        if spec.record is not None:
+            self.recording.shed(stream_id, reason if level >= ShedLevel.RECORDING else None)
+        if level >= ShedLevel.PAUSED:
+            supervisor.shed_pause(reason or "resource pressure")
+        else:
+            supervisor.shed_resume()
 
     # -- recording -----------------------------------------------------------------------------
     def start_recording(self, stream_id: str) -> None:
@@ -287,6 +372,7 @@ class Engine:
             "source_type": source_kind(supervisor.spec),
             "state": description.pop("state"),
             **description,
+            "shed_level": self.shedder.level(supervisor.id).name.lower(),
             "spec": redacted_spec(supervisor.spec),
             "health": supervisor.health_snapshot().as_dict(),
         }
@@ -318,7 +404,30 @@ class Engine:
             self.recording.tick()
         except Exception:
             log.exception("recording tick failed")
+        try:
+            self._analyze()
+            self.shedder.tick(len(self._streams))
+        except Exception:
+            log.exception("incident analysis or load shedding failed")
         return True
+
+    def _analyze(self) -> None:
+        """Once a second: shared-cause incidents (with group release) and error-rate alarms."""
+        now = self._clock()
+        if now - self._analyzed_at < 1.0:
+            return
+        self._analyzed_at = now
+        for change in self.correlator.analyze():
+            self.incidents.correlation(change)
+            if change.kind == "released":
+                for stream_id in change.incident.stream_ids:
+                    supervisor = self._streams.get(stream_id)
+                    if supervisor is not None:
+                        supervisor.repace()
+        for rate_change in self.error_rates.update():
+            self.incidents.error_rate(rate_change)
+        for key, rate in self.error_rates.active().items():
+            self.incidents.rate_seen(key, rate)
 
     def _pipeline_of(self, stream_id: str) -> StreamPipeline | None:
         supervisor = self._streams.get(stream_id)

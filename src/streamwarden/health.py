@@ -157,6 +157,9 @@ class StreamHealth:
         """Take a (time, frames, bytes) sample; called by the engine tick."""
         self._samples.append((self.clock(), self.frames_total, self.bytes_total))
 
+    def fps(self) -> float:
+        return self._rate()[0]
+
     def _rate(self) -> tuple[float, float]:
         now = self.clock()
         window = [s for s in self._samples if now - s[0] <= self.window_seconds]
@@ -192,6 +195,69 @@ class StreamHealth:
             max_frame_gap_seconds=round(max(self.max_frame_gap, meter_gap), 3),
             attempts_total=self.attempts_total,
         )
+
+
+@dataclass
+class MediaQuality:
+    """Media figures from the sampling windows (media.mediacheck), kept across attempts."""
+
+    clock: Callable[[], float] = time.monotonic
+    windows_total: int = 0
+    sampled_frames_total: int = 0
+    timestamp_errors_total: int = 0
+    corrupt_frames_total: int = 0
+    discont_flags_total: int = 0
+    learned_fps: float | None = None
+    caps_fps: float | None = None
+    _recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
+
+    def add_window(self, window: Any, caps_fps: float | None = None) -> None:
+        """``window``: a ``media.mediacheck.MediaWindow`` (duck-typed: this module stays pure)."""
+        self.windows_total += 1
+        self.sampled_frames_total += window.frames
+        self.timestamp_errors_total += window.timestamp_errors
+        self.corrupt_frames_total += window.corrupt_frames
+        self.discont_flags_total += window.discont_flags
+        self._recent.append((self.clock(), window.timestamp_errors + window.corrupt_frames))
+        if caps_fps:
+            self.caps_fps = caps_fps
+        # The highest rate the timestamps ever showed: a source that slows down later does not
+        # lower its own yardstick. Too few frames say nothing.
+        if window.nominal_fps and window.frames >= 10:
+            self.learned_fps = max(self.learned_fps or 0.0, min(window.nominal_fps, 1000.0))
+
+    def nominal_fps(self, configured: float | None = None) -> float | None:
+        return configured or self.caps_fps or self.learned_fps
+
+    def errors_last_minute(self) -> int:
+        """Timestamp errors and corrupt frames seen in the windows of the last 60 s (not extrapolated)."""
+        horizon = self.clock() - 60.0
+        return sum(count for at, count in self._recent if at >= horizon)
+
+    def reasons(self, config: Any, fps: float, playing_for: float, configured_fps: float | None) -> list[str]:
+        """Why the media is degraded (``config``: a ``config.DegradedConfig``); empty when fine."""
+        found: list[str] = []
+        nominal = self.nominal_fps(configured_fps)
+        ratio = config.min_fps_ratio
+        if ratio and nominal and playing_for >= config.window_seconds and fps < nominal * ratio:
+            found.append(f"frame rate {fps:.1f} < {ratio:.0%} of nominal {nominal:g} fps")
+        limit = config.max_media_errors_per_minute
+        if limit is not None:
+            errors = self.errors_last_minute()
+            if errors > limit:
+                found.append(f"{errors} timestamp errors or corrupt frames in the last minute > {limit:g}")
+        return found
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "nominal_fps": self.nominal_fps(),
+            "sampled_windows_total": self.windows_total,
+            "sampled_frames_total": self.sampled_frames_total,
+            "timestamp_errors_total": self.timestamp_errors_total,
+            "corrupt_frames_total": self.corrupt_frames_total,
+            "discont_flags_total": self.discont_flags_total,
+            "media_errors_last_minute": self.errors_last_minute(),
+        }
 
 
 def _percentile(ordered: list[float], pct: int) -> float | None:

@@ -19,7 +19,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -27,7 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.process_collector import ProcessCollector
 
 from streamwarden.introspect import StreamDetail
-from streamwarden.state import StreamState, TransitionEvent
+from streamwarden.state import UP_STATES, StreamState, TransitionEvent
 
 if TYPE_CHECKING:
     from streamwarden.engine import Engine
@@ -79,7 +79,7 @@ class RecoveryTracker:
             if event.category is not None and outages.started is None:
                 outages.started = event.monotonic
                 outages.category = event.category
-            elif event.to_state == StreamState.PLAYING and outages.started is not None:
+            elif event.to_state in UP_STATES and outages.started is not None:
                 seconds = max(0.0, event.monotonic - outages.started)
                 outages.by_category[outages.category or "unknown"] += 1
                 outages.count += 1
@@ -110,9 +110,15 @@ class RecoveryTracker:
 class EngineCollector:
     """Builds every ``streamwarden_*`` series from a fresh snapshot of the engine."""
 
-    def __init__(self, details: Callable[[], Sequence[StreamDetail]], recoveries: RecoveryTracker) -> None:
+    def __init__(
+        self,
+        details: Callable[[], Sequence[StreamDetail]],
+        recoveries: RecoveryTracker,
+        incidents: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
         self._details = details
         self._recoveries = recoveries
+        self._incidents = incidents
 
     def describe(self) -> Iterable[Metric]:
         """Names only: lets the registry check for clashes without touching the engine."""
@@ -124,13 +130,21 @@ class EngineCollector:
         families = _families()
         for detail in details:
             _add_stream(families, detail, outages.get(detail.id))
+        if self._incidents is not None:
+            open_by_kind = Counter(i["kind"] for i in self._incidents() if i["open"])
+            gauge = families["incidents"]
+            assert isinstance(gauge, GaugeMetricFamily)
+            for kind in ("host", "network", "credential", "error_rate"):
+                gauge.add_metric([kind], float(open_by_kind.get(kind, 0)))
         return list(families.values())
 
 
 def _families() -> dict[str, Metric]:
     s = ["stream"]
     return {
-        "up": GaugeMetricFamily("streamwarden_stream_up", "1 while the stream is PLAYING, else 0.", labels=s),
+        "up": GaugeMetricFamily(
+            "streamwarden_stream_up", "1 while frames flow (PLAYING or DEGRADED), else 0.", labels=s
+        ),
         "state": GaugeMetricFamily(
             "streamwarden_stream_state",
             "The stream's state, one-hot: 1 for the current state, 0 for every other.",
@@ -184,6 +198,65 @@ def _families() -> dict[str, Metric]:
             "RTSP clients watching the re-served stream (streams with serve: true only).",
             labels=s,
         ),
+        "incidents": GaugeMetricFamily(
+            "streamwarden_incidents_open",
+            "Open incidents: shared-cause failures (host, network, credential) and error-rate alarms.",
+            labels=["kind"],
+        ),
+        "degraded": GaugeMetricFamily(
+            "streamwarden_stream_degraded", "1 while DEGRADED (playing, quality below thresholds).", labels=s
+        ),
+        "rtp_received": CounterMetricFamily(
+            "streamwarden_stream_rtp_packets_received",
+            "RTP packets received by the current attempt (RTSP sources; resets on reconnect).",
+            labels=s,
+        ),
+        "rtp_lost": CounterMetricFamily(
+            "streamwarden_stream_rtp_packets_lost",
+            "RTP packets lost (RFC 3550) in the current attempt (RTSP sources; resets on reconnect).",
+            labels=s,
+        ),
+        "rtp_late": CounterMetricFamily(
+            "streamwarden_stream_rtp_packets_late",
+            "RTP packets that arrived after the jitter buffer gave up on them (current attempt).",
+            labels=s,
+        ),
+        "rtp_jitter": GaugeMetricFamily(
+            "streamwarden_stream_rtp_jitter_ms", "RTP interarrival jitter (RFC 3550), milliseconds.", labels=s
+        ),
+        "rtp_loss_window": GaugeMetricFamily(
+            "streamwarden_stream_rtp_loss_percent",
+            "Packet loss over health.degraded.window_seconds, percent (what DEGRADED is judged on).",
+            labels=s,
+        ),
+        "media_errors": CounterMetricFamily(
+            "streamwarden_stream_media_errors",
+            "Timestamp errors and corrupt frames seen by media sampling, by kind.",
+            labels=["stream", "kind"],
+        ),
+        "strategy_attempts": CounterMetricFamily(
+            "streamwarden_stream_strategy_attempts",
+            "Recovery attempts by error category and strategy.",
+            labels=["stream", "category", "strategy"],
+        ),
+        "strategy_successes": CounterMetricFamily(
+            "streamwarden_stream_strategy_successes",
+            "Recovery attempts that brought the stream back, by error category and strategy.",
+            labels=["stream", "category", "strategy"],
+        ),
+        "strategy_seconds": GaugeMetricFamily(
+            "streamwarden_stream_strategy_recovery_seconds_mean",
+            "Mean time to recover of the successful attempts, by error category and strategy.",
+            labels=["stream", "category", "strategy"],
+        ),
+        "priority": GaugeMetricFamily(
+            "streamwarden_stream_priority", "The stream's priority (lower is shed first).", labels=s
+        ),
+        "shed": GaugeMetricFamily(
+            "streamwarden_stream_shed",
+            "1 for the shedding level the stream is at (clients, recording, paused).",
+            labels=["stream", "level"],
+        ),
     }
 
 
@@ -198,7 +271,7 @@ def _add_stream(families: dict[str, Metric], detail: StreamDetail, outages: _Out
         assert isinstance(family, GaugeMetricFamily | CounterMetricFamily)
         family.add_metric([stream, *extra], value)
 
-    add("up", 1.0 if state == StreamState.PLAYING else 0.0)
+    add("up", 1.0 if state in UP_STATES else 0.0)
     for candidate in StreamState:
         add("state", 1.0 if state == candidate else 0.0, str(candidate))
     add("frames", float(health.get("frames_total") or 0))
@@ -220,6 +293,36 @@ def _add_stream(families: dict[str, Metric], detail: StreamDetail, outages: _Out
         add("recorder", 1.0 if recorder.get("active") else 0.0)
     if detail.spec.serve:
         add("clients", float((info.get("server") or {}).get("clients") or 0))
+    _add_intelligence(add, info, state)
+
+
+def _add_intelligence(add: Callable[..., None], info: dict[str, Any], state: str) -> None:
+    """Issue 8 figures: transport/media quality, strategy statistics, priority and shedding."""
+    add("degraded", 1.0 if state == StreamState.DEGRADED else 0.0)
+    add("priority", float(info.get("priority") or 0))
+    quality = info.get("quality") or {}
+    transport = quality.get("transport")
+    if transport:
+        add("rtp_received", float(transport.get("packets_received") or 0))
+        add("rtp_lost", float(transport.get("packets_lost") or 0))
+        add("rtp_late", float(transport.get("packets_late") or 0))
+        add("rtp_jitter", float(transport.get("jitter_ms") or 0.0))
+        loss = (transport.get("window") or {}).get("loss_percent")
+        if loss is not None:
+            add("rtp_loss_window", float(loss))
+    media = quality.get("media") or {}
+    add("media_errors", float(media.get("timestamp_errors_total") or 0), "timestamp")
+    add("media_errors", float(media.get("corrupt_frames_total") or 0), "corrupt")
+    stats = (info.get("recovery_strategies") or {}).get("stats") or {}
+    for category, strategies in sorted(stats.items()):
+        for strategy, record in sorted(strategies.items()):
+            add("strategy_attempts", float(record.get("attempts") or 0), category, strategy)
+            add("strategy_successes", float(record.get("successes") or 0), category, strategy)
+            if record.get("mean_seconds") is not None:
+                add("strategy_seconds", float(record["mean_seconds"]), category, strategy)
+    shed = info.get("shed_level") or "none"
+    for level in ("clients", "recording", "paused"):
+        add("shed", 1.0 if shed == level else 0.0, level)
 
 
 def _add_recoveries(families: dict[str, Metric], stream: str, total: int, outages: _Outages | None) -> None:
@@ -255,7 +358,7 @@ def create_registry(engine: Engine, *, process: bool = True) -> CollectorRegistr
     tracker = RecoveryTracker()
     engine.add_listener(tracker.on_event)
     registry = CollectorRegistry()
-    registry.register(EngineCollector(lambda: stream_details(engine), tracker))
+    registry.register(EngineCollector(lambda: stream_details(engine), tracker, engine.incident_list))
     if process:
         ProcessCollector(registry=registry)
     return registry

@@ -17,12 +17,16 @@ class StreamState(StrEnum):
     STARTING = "STARTING"  # added, first attempt not yet made
     CONNECTING = "CONNECTING"  # pipeline built, waiting for the first frame
     PLAYING = "PLAYING"  # frames flowing
+    DEGRADED = "DEGRADED"  # frames flowing, but loss, jitter, frame rate or timestamps are bad
     STALLED = "STALLED"  # connected but no frame for stall_timeout: about to be rebuilt
     BACKOFF = "BACKOFF"  # waiting before the next attempt (backoff, open breaker or budget)
     QUARANTINED = "QUARANTINED"  # failed too often: not retried until resumed or timer expiry
     STOPPED = "STOPPED"  # stopped by the operator or engine shutdown
     FAILED = "FAILED"  # fatal error or attempts exhausted: needs the operator
 
+
+# States in which frames flow: a DEGRADED stream is up (recorded, served), just not well.
+UP_STATES: frozenset[StreamState] = frozenset({StreamState.PLAYING, StreamState.DEGRADED})
 
 # Which states may follow which: anything else is a bug and raises.
 ALLOWED: dict[StreamState, frozenset[StreamState]] = {
@@ -41,6 +45,18 @@ ALLOWED: dict[StreamState, frozenset[StreamState]] = {
     ),
     StreamState.PLAYING: frozenset(
         {
+            StreamState.DEGRADED,
+            StreamState.STALLED,
+            StreamState.BACKOFF,
+            StreamState.QUARANTINED,
+            StreamState.FAILED,
+            StreamState.STOPPED,
+            StreamState.STARTING,
+        }
+    ),
+    StreamState.DEGRADED: frozenset(
+        {
+            StreamState.PLAYING,
             StreamState.STALLED,
             StreamState.BACKOFF,
             StreamState.QUARANTINED,

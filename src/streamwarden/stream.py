@@ -16,18 +16,30 @@ from typing import TYPE_CHECKING, Any
 
 from gi.repository import GLib
 
-from streamwarden.config import FileSource, HttpSource, RecoveryConfig, RtspSource, StreamSpec, Transport
-from streamwarden.health import HealthSnapshot, StreamHealth
+from streamwarden.config import (
+    DegradedConfig,
+    FileSource,
+    HttpSource,
+    RecoveryConfig,
+    RtspSource,
+    StreamSpec,
+    Transport,
+)
+from streamwarden.health import HealthSnapshot, MediaQuality, StreamHealth
 from streamwarden.media.loop import LoopThread
 from streamwarden.media.pipeline import Branch, DisposalStats, StreamPipeline
 from streamwarden.policy.backoff import Backoff
 from streamwarden.policy.breaker import CircuitBreaker
 from streamwarden.policy.classify import Action, Category, Classification, Classifier, ErrorReport
+from streamwarden.policy.correlation import Correlator, keys_for_url
+from streamwarden.policy.degradation import DegradationDetector, DegradationThresholds
+from streamwarden.policy.error_rate import ErrorRateDetector
 from streamwarden.policy.quarantine import Quarantine
+from streamwarden.policy.strategies import Strategy, StrategySelector
 from streamwarden.policy.token_bucket import TokenBucket
 from streamwarden.recording.index import CloseReason
 from streamwarden.redact import redact
-from streamwarden.state import StateMachine, StreamState, TransitionEvent
+from streamwarden.state import UP_STATES, StateMachine, StreamState, TransitionEvent
 
 if TYPE_CHECKING:
     from streamwarden.media.recorder_service import RecordingService
@@ -36,6 +48,7 @@ log = logging.getLogger(__name__)
 
 # Sources that have no connect timeout of their own still get a first-frame deadline.
 DEFAULT_FIRST_FRAME_TIMEOUT = 10.0
+QUALITY_CHECK_SECONDS = 1.0  # transport and media quality are judged once a second
 
 
 @dataclass
@@ -57,6 +70,9 @@ class EngineServices:
     serve_status: Callable[[str], dict[str, Any] | None] | None = None
     # Per-stream recorders (state across attempts, segment index); None: recording not wired.
     recording: RecordingService | None = None
+    # Cross-stream: shared-cause incidents and group pacing; per-stream/per-host error rates.
+    correlator: Correlator | None = None
+    error_rates: ErrorRateDetector | None = None
 
 
 class StreamSupervisor:
@@ -80,6 +96,18 @@ class StreamSupervisor:
         self.transport = self._initial_transport()
         self.last_error: Classification | None = None
         self.last_error_detail: str | None = None
+        self.strategies = self._new_selector(spec.recovery)
+        self.shed_paused = False  # stopped by the load shedder, not by the operator
+        self.last_strategy: Strategy | None = None
+        self.degradation = DegradationDetector(_thresholds(spec.health.degraded), clock)
+        self.media = MediaQuality(clock=clock)
+        self.degraded_reasons: list[str] = []
+        self._quality_checked_at = 0.0
+        self._clean_since: float | None = None
+        self._next_sample_at = clock() + min(2.0, spec.health.media_sample_interval_seconds)
+        self.host_key = keys_for_url(getattr(spec.source, "uri", None)).host
+        if services.correlator is not None:
+            services.correlator.register(self.id, keys_for_url(getattr(spec.source, "uri", None)))
 
     # -- public (loop thread) ------------------------------------------------------------------
     @property
@@ -108,6 +136,40 @@ class StreamSupervisor:
             self._move(StreamState.STARTING, reason)
         self._attempt()
 
+    def shed_pause(self, reason: str) -> None:
+        """Stop this stream to relieve resource pressure; ``shed_resume`` brings it back."""
+        if self.shed_paused:
+            return
+        self.shed_paused = True
+        self.stop(f"shed under resource pressure: {reason}")
+
+    def shed_resume(self) -> None:
+        if not self.shed_paused:
+            return
+        self.shed_paused = False
+        if self.spec.enabled:
+            self.restart("resource pressure gone")
+
+    def forget(self) -> None:
+        """The stream is removed: leave the engine-wide records."""
+        if self._svc.correlator is not None:
+            self._svc.correlator.unregister(self.id)
+        if self._svc.error_rates is not None:
+            self._svc.error_rates.forget(f"stream:{self.id}")
+
+    def repace(self) -> None:
+        """The group's probe stream is back: a waiting retry may be due sooner."""
+        correlator = self._svc.correlator
+        if correlator is None or self._timer is None or self._retry_at is None:
+            return
+        if self.state != StreamState.BACKOFF:
+            return
+        remaining = max(0.0, self._retry_at - self._svc.clock())
+        paced = correlator.pace(self.id, remaining)
+        if paced < remaining - 0.05:
+            log.info("[%s] group released: retry in %.2f s instead of %.2f s", self.id, paced, remaining)
+            self._schedule_attempt(paced)
+
     def resume(self) -> None:
         """Operator takes the source out of quarantine (or out of FAILED) and retries now."""
         self.quarantine.release()
@@ -127,7 +189,10 @@ class StreamSupervisor:
         if not old.enabled:
             self.restart("enabled")
             return
-        media_changed = old.model_dump(exclude={"recovery"}) != spec.model_dump(exclude={"recovery"})
+        if old.health != spec.health:
+            self.degradation = DegradationDetector(_thresholds(spec.health.degraded), self._svc.clock)
+        live = {"recovery", "health", "priority"}  # applied without touching the pipeline
+        media_changed = old.model_dump(exclude=live) != spec.model_dump(exclude=live)
         if media_changed and self.state != StreamState.STOPPED:
             self.restart("spec changed")
 
@@ -136,6 +201,8 @@ class StreamSupervisor:
         self.backoff.policy = recovery.backoff.to_policy()
         self.breaker.policy = recovery.breaker.to_policy()
         self.quarantine.policy = recovery.quarantine.to_policy()
+        stats = self.strategies.stats
+        self.strategies = self._new_selector(recovery, stats)
 
     def tick(self) -> None:
         """Called every engine tick: samples health, detects stalls and slow connects."""
@@ -144,7 +211,7 @@ class StreamSupervisor:
         self.health.sample()
         now = self._svc.clock()
         state = self.state
-        if state == StreamState.PLAYING:
+        if state in UP_STATES:
             last = self.health.last_frame_at
             stall = self.spec.recovery.stall_timeout_seconds
             if last is not None and now - last > stall:
@@ -155,6 +222,10 @@ class StreamSupervisor:
                 return
             if self.health.playing_since is not None and self.backoff.attempts:
                 self.backoff.note_stable(now - self.health.playing_since)
+            self._sample_media(now)
+            if now - self._quality_checked_at >= QUALITY_CHECK_SECONDS:
+                self._quality_checked_at = now
+                self._check_quality(now)
         elif state == StreamState.CONNECTING:
             limit = self._first_frame_timeout()
             if now - self._attempt_started > limit:
@@ -176,14 +247,18 @@ class StreamSupervisor:
             log.debug("[%s] ignored %s %s: %s", self.id, report.kind, verdict.rule, detail)
             self.health.record_error(verdict.category, verdict.transience)
             return
-        if self.state not in (StreamState.CONNECTING, StreamState.PLAYING, StreamState.STALLED):
+        if self.state not in (StreamState.CONNECTING, StreamState.STALLED, *UP_STATES):
             return  # no attempt running: nothing to recover from
         self.health.record_error(verdict.category, verdict.transience)
         self.last_error = verdict
         self.last_error_detail = detail
+        self._note_failure(str(verdict.category))
         if self._outage_started is None:
             self._outage_started = self._svc.clock()
             self._outage_category = str(verdict.category)
+            self.strategies.begin_outage(str(verdict.category))
+        else:
+            self.strategies.attempt_failed()  # the strategy of the attempt that just failed
         self.health.playing_since = None
         self._teardown(finalize_recording=True)
         reason = f"{verdict.category}: {verdict.reason} ({detail})"
@@ -220,6 +295,12 @@ class StreamSupervisor:
                 None if self._retry_at is None else round(max(0.0, self._retry_at - self._svc.clock()), 3)
             ),
             "backoff_attempts": self.backoff.attempts,
+            "priority": self.spec.priority,
+            "shed_paused": self.shed_paused,
+            "degraded_reasons": list(self.degraded_reasons),
+            "quality": self.quality(),
+            "recovery_strategies": self.strategy_info(),
+            "incident": self.incident_info(),
             "breaker": {
                 "state": str(breaker_state),
                 "consecutive_failures": self.breaker.consecutive_failures,
@@ -244,7 +325,102 @@ class StreamSupervisor:
             "server": self._server_status(),
         }
 
+    def quality(self) -> dict[str, Any]:
+        """Transport (RTP) and media figures behind DEGRADED."""
+        transport = None
+        if self.pipeline is not None:
+            stats = self.pipeline.transport_stats()
+            if stats is not None:
+                transport = {**stats.as_dict(), "window": self.degradation.window_figures()}
+        return {"transport": transport, "media": self.media.as_dict()}
+
+    def strategy_info(self) -> dict[str, Any]:
+        selector = self.strategies
+        stats = selector.stats
+        return {
+            "adaptive": self.spec.recovery.adaptive,
+            "last": None if self.last_strategy is None else str(self.last_strategy),
+            "preferred": {
+                category: str(choice)
+                for category in stats.categories()
+                if (choice := selector.preferred(category, self._applicable())) is not None
+            },
+            "stats": stats.as_dict(),
+        }
+
+    def incident_info(self) -> dict[str, Any] | None:
+        correlator = self._svc.correlator
+        incident = correlator.incident_for(self.id) if correlator is not None else None
+        if incident is None:
+            return None
+        return {"id": incident.name, "summary": incident.summary, "probe": incident.probe == self.id}
+
     # -- internals -----------------------------------------------------------------------------
+    def _new_selector(self, recovery: RecoveryConfig, stats: Any = None) -> StrategySelector:
+        order = {category: [Strategy(s) for s in names] for category, names in recovery.strategies.items()}
+        return StrategySelector(order, recovery.strategy_min_trials, stats=stats, clock=self._svc.clock)
+
+    def _applicable(self) -> set[Strategy]:
+        strategies = {Strategy.RECONNECT, Strategy.RECONNECT_NOW, Strategy.RESTART}
+        source = self.spec.source
+        if isinstance(source, RtspSource) and source.transport == Transport.AUTO:
+            strategies.add(Strategy.SWITCH_TRANSPORT)
+        return strategies
+
+    def _note_failure(self, category: str) -> None:
+        if self._svc.correlator is not None:
+            self._svc.correlator.record_failure(self.id, category)
+        rates = self._svc.error_rates
+        if rates is not None:
+            rates.record(f"stream:{self.id}")
+            if self.host_key is not None:
+                rates.record(f"host:{self.host_key}")
+
+    def _sample_media(self, now: float) -> None:
+        """Open or close the media sampling window (per-frame Python only while it is open)."""
+        pipeline = self.pipeline
+        health = self.spec.health
+        if pipeline is None or health.media_sample_seconds <= 0 or health.media_sample_interval_seconds <= 0:
+            return
+        sampler = pipeline.media_sampler
+        if sampler.active:
+            if sampler.started_at is not None and now - sampler.started_at >= health.media_sample_seconds:
+                window = sampler.end(now)
+                if window is not None:
+                    self.media.add_window(window, caps_fps=pipeline.nominal_fps())
+        elif now >= self._next_sample_at:
+            self._next_sample_at = now + health.media_sample_interval_seconds
+            sampler.begin(now)
+
+    def _check_quality(self, now: float) -> None:
+        """PLAYING <-> DEGRADED from transport figures (RTSP) and media figures (all sources)."""
+        config = self.spec.health.degraded
+        reasons: list[str] = []
+        stats = self.pipeline.transport_stats() if self.pipeline is not None else None
+        if stats is not None:
+            self.degradation.update(stats.as_dict())
+            if self.degradation.degraded:
+                reasons.extend(self.degradation.reasons)
+        playing_for = 0.0 if self.health.playing_since is None else now - self.health.playing_since
+        reasons.extend(
+            self.media.reasons(config, self.health.fps(), playing_for, self.spec.health.nominal_fps)
+        )
+        if reasons:
+            self._clean_since = None
+            self.degraded_reasons = reasons
+            if self.state == StreamState.PLAYING:
+                self._move(StreamState.DEGRADED, "; ".join(reasons))
+            return
+        if self.state != StreamState.DEGRADED:
+            self.degraded_reasons = []
+            return
+        if self._clean_since is None:
+            self._clean_since = now
+        # The transport detector holds its own verdict too; this hold covers the media figures.
+        if now - self._clean_since >= config.clear_after_seconds:
+            self.degraded_reasons = []
+            self._move(StreamState.PLAYING, "quality back within thresholds")
+
     def _server_status(self) -> dict[str, Any] | None:
         if not self.spec.serve:
             return None
@@ -277,6 +453,40 @@ class StreamSupervisor:
         return DEFAULT_FIRST_FRAME_TIMEOUT
 
     def _delay_for(self, verdict: Classification) -> float | None:
+        adaptive = self.spec.recovery.adaptive
+        delay = self._adaptive_delay(verdict) if adaptive else self._fixed_delay(verdict)
+        if delay is not None and self._svc.correlator is not None:
+            delay = self._svc.correlator.pace(self.id, delay)  # a dead shared host: one probes for all
+        return delay
+
+    def _adaptive_delay(self, verdict: Classification) -> float | None:
+        """The learned strategy picks how (transport) and when (now or after the backoff)."""
+        if self.backoff.exhausted():
+            return None
+        if verdict.action == Action.SWITCH_TRANSPORT:
+            self.strategies.hint(Strategy.SWITCH_TRANSPORT)
+        elif verdict.action == Action.RETRY_NOW:
+            self.strategies.hint(Strategy.RECONNECT_NOW)
+        strategy = self.strategies.choose(self._applicable())
+        self.last_strategy = strategy
+        due = self.backoff.next_delay()
+        if strategy == Strategy.RECONNECT_NOW:
+            delay = 0.0
+        elif strategy == Strategy.SWITCH_TRANSPORT:
+            self.transport = Transport.UDP if self.transport == Transport.TCP else Transport.TCP
+            delay = 0.0
+        elif strategy == Strategy.RESTART:
+            self.transport = self._initial_transport()
+            delay = due
+        else:
+            delay = due
+        if verdict.action == Action.SLOW_RETRY:
+            delay = max(delay, self.backoff.policy.max_seconds)
+        transport = f" over {self.transport}" if isinstance(self.spec.source, RtspSource) else ""
+        log.info("[%s] recovery strategy %s%s in %.2f s", self.id, strategy, transport, delay)
+        return delay
+
+    def _fixed_delay(self, verdict: Classification) -> float | None:
         if verdict.action == Action.SWITCH_TRANSPORT:
             source = self.spec.source
             if isinstance(source, RtspSource) and source.transport == Transport.AUTO:
@@ -368,12 +578,19 @@ class StreamSupervisor:
         now = self._svc.clock()
         self.breaker.record_success()
         self.health.playing_since = now
+        self.degradation.reset()
+        self._clean_since = None
+        self.degraded_reasons = []
         reason = "first frame"
         if self._outage_started is not None:
             recovery = now - self._outage_started
             self.health.record_recovery(recovery, self._outage_category)
-            reason = f"recovered in {recovery:.2f} s"
+            strategy = f" by {self.last_strategy}" if self.last_strategy is not None else ""
+            reason = f"recovered in {recovery:.2f} s{strategy}"
+            self.strategies.attempt_succeeded(recovery)
             self._outage_started = None
+        if self._svc.correlator is not None:
+            self._svc.correlator.record_recovery(self.id)
         self._move(StreamState.PLAYING, reason)
 
     def _teardown(self, finalize_recording: bool, close_reason: CloseReason = CloseReason.OUTAGE) -> None:
@@ -411,6 +628,17 @@ class StreamSupervisor:
         log.log(level, "[%s] %s -> %s: %s", self.id, event.from_state, event.to_state, event.reason)
         if self._svc.on_event is not None:
             self._svc.on_event(self.id, event)
+
+
+def _thresholds(config: DegradedConfig) -> DegradationThresholds:
+    return DegradationThresholds(
+        max_loss_percent=config.max_loss_percent,
+        max_jitter_ms=config.max_jitter_ms,
+        max_late_percent=config.max_late_percent,
+        max_rtt_ms=config.max_rtt_ms,
+        window_seconds=config.window_seconds,
+        clear_after_seconds=config.clear_after_seconds,
+    )
 
 
 def source_kind(spec: StreamSpec) -> str:

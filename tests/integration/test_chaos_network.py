@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from streamwarden.api import create_app
 from streamwarden.config import ApiConfig, parse_stream_spec
 from streamwarden.engine import Engine
-from streamwarden.state import StreamState
+from streamwarden.state import UP_STATES, StreamState
 from streamwarden.testing.camera import CameraProcess
 from streamwarden.testing.fakertsp import FakeRtspServer
 from streamwarden.testing.faultproxy import Direction, FaultProxy
@@ -113,7 +113,8 @@ def test_network_faults_are_detected_recovered_and_no_frame_is_lost_on_the_wire(
 
     # Latency, jitter and a bandwidth cap above the bitrate are not outages.
     slow = engine.health("slow")
-    assert engine.state("slow") == StreamState.PLAYING and slow.attempts_total == 1, slow
+    # Jitter may mark it DEGRADED (that is what DEGRADED is for), but it is never rebuilt.
+    assert engine.state("slow") in UP_STATES and slow.attempts_total == 1, slow
     assert slow.max_frame_gap_seconds < 1.0, slow
     steady = engine.health("steady")
     assert steady.attempts_total == 1 and steady.max_frame_gap_seconds < 0.5, steady

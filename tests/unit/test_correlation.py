@@ -49,10 +49,12 @@ def test_keys_for_ipv4_mapped_ipv6_are_ipv4() -> None:
     assert keys_for_url("rtsp://[::ffff:10.1.2.3]/s").network == "10.1.2.0/24"
 
 
-def test_loopback_is_a_valid_host_key() -> None:
+def test_on_loopback_each_port_is_its_own_host_and_there_is_no_network() -> None:
     keys = keys_for_url("rtsp://127.0.0.1:8554/cam")
-    assert keys.host == "127.0.0.1"
-    assert keys.network == "127.0.0.0/24"
+    assert keys.host == "127.0.0.1:8554"
+    assert keys.network is None
+    assert keys_for_url("rtsp://127.0.0.1:8555/cam").host != keys.host
+    assert keys_for_url("rtsp://127.0.0.1/cam").host == "127.0.0.1"
 
 
 def test_credential_is_a_short_hash_of_user_password_and_host() -> None:

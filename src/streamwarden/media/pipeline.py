@@ -39,6 +39,8 @@ from streamwarden.config import (  # noqa: E402
 )
 from streamwarden.health import FrameMeter  # noqa: E402
 from streamwarden.media.loop import LoopThread  # noqa: E402
+from streamwarden.media.mediacheck import MediaSampler  # noqa: E402
+from streamwarden.media.rtpstats import RtpStats  # noqa: E402
 from streamwarden.media.rtspsource import RtspSourceBin  # noqa: E402
 from streamwarden.policy.classify import ErrorReport  # noqa: E402
 from streamwarden.redact import redact  # noqa: E402
@@ -133,6 +135,7 @@ class StreamPipeline:
         tee = _make("tee", "tee")
         tee.set_property("allow-not-linked", True)
         self.tee = tee
+        self.source = src_bin
         pipeline.add(src_bin)
         pipeline.add(queue)
         pipeline.add(tee)
@@ -150,6 +153,7 @@ class StreamPipeline:
             queue.link(counter)
         counter.link(tee)
         self._counter = counter
+        self.media_sampler = MediaSampler(_pad(counter, "src"), self.stream_id)
         self._probe_pad: Gst.Pad | None = _pad(tee, "sink")
         self._probe_id = self._probe_pad.add_probe(Gst.PadProbeType.BUFFER, self._on_first_buffer)
 
@@ -190,6 +194,21 @@ class StreamPipeline:
         """Copy the C counters into the meter (loop thread, every engine tick)."""
         frames, size = element_counts(self._counter)
         self._meter.observe(frames, size)
+
+    def transport_stats(self) -> RtpStats | None:
+        """RTP/RTCP counters of an RTSP source (None for files, HTTP, or before SETUP)."""
+        source = self.source
+        return source.transport_stats() if isinstance(source, RtspSourceBin) else None
+
+    def nominal_fps(self) -> float | None:
+        """The frame rate the source's caps declare (None when absent or 0/1, as RTSP often is)."""
+        caps = _pad(self._counter, "src").get_current_caps()
+        if caps is None or not caps.get_size():
+            return None
+        ok, numerator, denominator = caps.get_structure(0).get_fraction("framerate")
+        if not ok or numerator <= 0 or denominator <= 0:
+            return None
+        return float(numerator) / float(denominator)
 
     def _on_sync_message(self, _bus: Gst.Bus, message: Gst.Message) -> Gst.BusSyncReply:
         """Runs in the posting (streaming) thread, before that thread's flow error travels on.
@@ -243,6 +262,7 @@ class StreamPipeline:
     def dispose(self, stats: DisposalStats, timeout: float, finalize_recording: bool = True) -> None:
         """Detach, let the branches finish (segments closed), then set NULL off the loop thread."""
         self.poll_meter()
+        self.media_sampler.close()
         self.detach()
         pipeline = self.pipeline
         finishing = [

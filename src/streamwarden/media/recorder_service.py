@@ -140,6 +140,7 @@ class Recorder:
         self.category: str | None = None
         self.wanted = True
         self.paused_reason: str | None = None
+        self.shed_reason: str | None = None  # paused to relieve resource pressure (engine limits)
         self.branch: RecorderBranch | None = None
         self._live: list[RecorderBranch] = []  # branches whose elements are not yet in NULL
         self.backoff = Backoff(service.config.retry.to_policy())
@@ -174,7 +175,7 @@ class Recorder:
             if stale in self._live:
                 self._live.remove(stale)
         self.branch = None
-        if not self.wanted or self.paused_reason is not None or self.retry_at is not None:
+        if self._held_back():
             return None
         return self._new_branch()
 
@@ -206,7 +207,7 @@ class Recorder:
 
     def try_attach(self) -> None:
         """Start a branch in the stream's running pipeline, if recording should run now."""
-        if not self.wanted or self.paused_reason is not None or self.retry_at is not None:
+        if self._held_back():
             return
         if self.branch is not None:
             return
@@ -265,6 +266,26 @@ class Recorder:
             log.info("[%s] recording resumes: free space is back", self.stream_id)
             if self.state == RecorderState.PAUSED:
                 self._set(RecorderState.IDLE, "free space is back")
+            self.try_attach()
+
+    def _held_back(self) -> bool:
+        """Recording is not wanted now: stopped, paused by the disk guard or shedding, or waiting to retry."""
+        paused = self.paused_reason is not None or self.shed_reason is not None
+        return not self.wanted or paused or self.retry_at is not None
+
+    def shed(self, reason: str | None) -> None:
+        """Pause recording to relieve resource pressure (``reason``), or resume it (None)."""
+        if reason is not None and self.shed_reason is None:
+            self.shed_reason = reason
+            log.warning("[%s] recording paused (shed): %s", self.stream_id, reason)
+            self._detach(CloseReason.PAUSED)
+            if self.wanted:
+                self._set(RecorderState.PAUSED, f"shed under resource pressure: {reason}", "resource")
+        elif reason is None and self.shed_reason is not None:
+            self.shed_reason = None
+            log.info("[%s] recording resumes: resource pressure is gone", self.stream_id)
+            if self.state == RecorderState.PAUSED and self.paused_reason is None:
+                self._set(RecorderState.IDLE, "resource pressure is gone")
             self.try_attach()
 
     def tick(self) -> None:
@@ -698,6 +719,14 @@ class RecordingService:
         if spec.record is None:
             raise ValueError(f"stream {spec.id!r} has no record section")
         self._recorder(spec.id, spec.record).stop()
+
+    def shed(self, stream_id: str, reason: str | None) -> bool:
+        """Pause (reason) or resume (None) one stream's recording; False: it has no recorder."""
+        recorder = self._recorders.get(stream_id)
+        if recorder is None:
+            return False
+        recorder.shed(reason)
+        return True
 
     def forget(self, stream_id: str) -> None:
         recorder = self._recorders.pop(stream_id, None)

@@ -74,6 +74,7 @@ class _Mount:
         self.clients = 0
         self.pending: list[float] = []  # admitted SETUPs not yet seen as sessions
         self.rejected = 0
+        self.shed_reason: str | None = None  # set: clients refused (resource pressure)
 
 
 class _ServeMedia(GstRtspServer.RTSPMedia):
@@ -292,6 +293,7 @@ class RtspServer:
         with self._lock:
             mount = self._mounts.get(stream_id)
             rejected = mount.rejected if mount is not None else 0
+            shed_reason = mount.shed_reason if mount is not None else None
         if mount is None:
             return None
         snapshot = mount.hub.snapshot()
@@ -304,6 +306,7 @@ class RtspServer:
             "outage": age is None or age >= self.config.outage_after_seconds,
             "outage_mode": str(self.config.outage),
             "rejected_over_limit": rejected,
+            "shed_reason": shed_reason,
             **snapshot,
         }
 
@@ -363,7 +366,9 @@ class RtspServer:
             each.pending = [t for t in each.pending if now - t < PENDING_SETUP_SECONDS]
             total += each.clients + len(each.pending)
         mine = mount.clients + len(mount.pending)
-        if mine >= self.config.max_clients_per_stream:
+        if mount.shed_reason is not None:
+            reason = f"clients shed under resource pressure ({mount.shed_reason})"
+        elif mine >= self.config.max_clients_per_stream:
             reason = f"max_clients_per_stream {self.config.max_clients_per_stream}"
         elif total >= self.config.max_clients:
             reason = f"max_clients {self.config.max_clients}"
@@ -504,6 +509,24 @@ class RtspServer:
         self._close_clients_of(mount)
         for media in list(mount.held):
             self._release_media(mount, media)
+
+    def shed_clients(self, stream_id: str, reason: str | None) -> int:
+        """Stop serving a stream's clients (``reason``) or serve them again (None); loop thread.
+
+        The first thing shed under resource pressure: the ingest and the recording go on.
+        Returns how many clients were disconnected.
+        """
+        with self._lock:
+            mount = self._mounts.get(stream_id)
+            if mount is None:
+                return 0
+            mount.shed_reason = reason
+        if reason is None:
+            log.info("[%s] serving RTSP clients again", stream_id)
+            return 0
+        closed = self._close_clients_of(mount)
+        log.warning("[%s] RTSP clients shed (%d closed): %s", stream_id, closed, reason)
+        return closed
 
     # -- maintenance (loop thread) ---------------------------------------------------------------
     def _close_clients_of(self, mount: _Mount) -> int:

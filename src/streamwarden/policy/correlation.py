@@ -70,7 +70,8 @@ class StreamKeys:
 def keys_for_url(url: str | None) -> StreamKeys:
     """Derive grouping keys from a stream URL (rtsp://, http://, ...); empty keys for files or junk.
 
-    The host is lowercased and the port ignored (an NVR serves many cameras on several ports).
+    The host is lowercased and the port ignored (an NVR serves many cameras on several ports),
+    except on loopback, where each port is a separate local peer (relay, proxy, test server).
     The network is the /24 (IPv4) or /64 (IPv6) around an IP-literal host; hostnames get none,
     because resolving them here would block. The credential key is the first 12 hex digits of
     sha256("user:password@host"), so equal logins on one host group without exposing the secret.
@@ -99,6 +100,12 @@ def keys_for_url(url: str | None) -> StreamKeys:
             network = ipaddress.IPv4Network((int(ip), _IPV4_PREFIX), strict=False).with_prefixlen
         else:
             network = ipaddress.IPv6Network((int(ip), _IPV6_PREFIX), strict=False).with_prefixlen
+        if ip.is_loopback:
+            # On loopback each port is a different peer process (a local relay, proxy or test
+            # server), not one device: the port is part of the host and there is no network.
+            network = None
+            if parts.port is not None:
+                host = f"{host}:{parts.port}"
     credential: str | None = None
     if username or password:
         secret = f"{unquote(username or '')}:{unquote(password or '')}@{host}"
