@@ -40,13 +40,14 @@ import logging
 import random
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+
+from streamwarden.testing.loopserver import LoopbackServer
 
 __all__ = ["Direction", "FaultProxy", "ProxyStats", "RtpFrameCounter", "proxied_url"]
 
@@ -185,8 +186,11 @@ def _linger_zero(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer["_Connection"]):
     """One listening port forwarding to one upstream, with faults switched on and off at runtime."""
+
+    kind = "fault proxy"
+    stream_limit = CHUNK
 
     def __init__(
         self,
@@ -198,85 +202,15 @@ class FaultProxy:
         seed: int | None = None,
         name: str = "faultproxy",
     ) -> None:
-        for address in (host, upstream[0]):
-            if not ipaddress.ip_address(address).is_loopback:
-                raise ValueError(f"the fault proxy is for loopback only, got {address!r}")
-        self._upstream = upstream
-        self._host = host
-        self._requested_port = port
+        super().__init__(upstream, host=host, port=port, name=name)
         self.max_connections = max_connections
         self._settings = _Settings()
         self._rng = random.Random(seed)
         self._stats = ProxyStats()
-        self._connections: set[_Connection] = set()
         self._newest: _Connection | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._start_error: BaseException | None = None
-        self._name = name
-        self.port = 0
 
-    # -- life cycle ----------------------------------------------------------------------------
-    def start(self, timeout: float = 5.0) -> None:
-        if self._thread is not None:
-            raise RuntimeError("already started")
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("fault proxy did not start in time")
-        if self._start_error is not None:
-            raise RuntimeError(f"fault proxy could not listen: {self._start_error}")
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            self._server = loop.run_until_complete(
-                asyncio.start_server(self._accept, self._host, self._requested_port, limit=CHUNK)
-            )
-            self.port = self._server.sockets[0].getsockname()[1]
-        except OSError as exc:
-            self._start_error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Closes the listener and every connection (RST); idempotent."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or not thread.is_alive():
-            return
-
-        async def _shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
-            for conn in list(self._connections):
-                conn.abort()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(_shutdown(), loop).result(timeout)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-
-    def __enter__(self) -> FaultProxy:
-        if self._thread is None:
-            self.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+    def _drop(self, connection: _Connection) -> None:
+        connection.abort()  # RST: a proxy that goes away looks like a network that did
 
     # -- control (any thread) ------------------------------------------------------------------
     @property

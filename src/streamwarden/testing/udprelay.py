@@ -28,8 +28,6 @@ loop on a thread of its own; ``close()`` cancels every task and closes every soc
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import logging
 import random
 import re
@@ -38,10 +36,10 @@ import struct
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from types import TracebackType
-from typing import Self, cast
+from typing import cast
 
 from streamwarden.testing.faultproxy import proxied_url
+from streamwarden.testing.loopserver import LoopbackServer
 
 __all__ = ["Impairment", "RelayStats", "RtspSplitter", "UdpRelay"]
 
@@ -183,8 +181,10 @@ class _Connection:
             task.cancel()
 
 
-class UdpRelay:
+class UdpRelay(LoopbackServer["_Connection"]):
     """Relays one RTSP server's UDP media to its clients, impaired on demand."""
+
+    kind = "UDP relay"
 
     def __init__(
         self,
@@ -196,86 +196,21 @@ class UdpRelay:
         max_pending: int = 10_000,
         name: str = "udprelay",
     ) -> None:
-        for address in (host, upstream[0]):
-            if not ipaddress.ip_address(address).is_loopback:
-                raise ValueError(f"the UDP relay is for loopback only, got {address!r}")
-        self._upstream = upstream
-        self._host = host
+        super().__init__(upstream, host=host, name=name)
         self.max_connections = max_connections
         self.max_pending = max_pending
-        self._name = name
         self._rng = random.Random(seed)
         self._impairment = Impairment()
         self._stats = RelayStats()
         self._lock = threading.Lock()  # guards _impairment, _rng and _stats across threads
         self._pending = 0
-        self._connections: set[_Connection] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._start_error: BaseException | None = None
-        self.port = 0
 
-    # -- life cycle ----------------------------------------------------------------------------
-    def start(self, timeout: float = 5.0) -> None:
-        if self._thread is not None:
-            raise RuntimeError("already started")
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("UDP relay did not start in time")
-        if self._start_error is not None:
-            raise RuntimeError(f"UDP relay could not listen: {self._start_error}")
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            self._server = loop.run_until_complete(asyncio.start_server(self._accept, self._host, 0))
-            self.port = self._server.sockets[0].getsockname()[1]
-        except OSError as exc:
-            self._start_error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+    def _drop(self, connection: _Connection) -> None:
+        connection.close()
 
     def close(self, timeout: float = 5.0) -> None:
         """Closes the listener, every connection and relay socket, and drops queued packets."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None or not thread.is_alive():
-            return
-
-        async def _shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
-            for conn in list(self._connections):
-                conn.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(_shutdown(), loop).result(timeout)
-        loop.call_soon_threadsafe(loop.stop)  # pending call_later sends die with the loop
-        thread.join(timeout)
-
-    def __enter__(self) -> Self:
-        if self._thread is None:
-            self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        self.stop(timeout)
 
     # -- control (any thread) ------------------------------------------------------------------
     def url(self, url: str) -> str:
