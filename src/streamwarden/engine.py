@@ -43,6 +43,7 @@ from streamwarden.policy.pressure import ShedLevel, StreamLoad  # noqa: E402
 from streamwarden.policy.token_bucket import TokenBucket  # noqa: E402
 from streamwarden.recording.index import Gap, SegmentRecord  # noqa: E402
 from streamwarden.shedding import LoadShedder  # noqa: E402
+from streamwarden.snapshot import StreamDetail  # noqa: E402
 from streamwarden.state import StreamState, TransitionEvent  # noqa: E402
 from streamwarden.stream import EngineServices, StreamSupervisor, source_kind  # noqa: E402
 
@@ -59,6 +60,10 @@ class StreamNotFoundError(KeyError):
 
 class StreamExistsError(ValueError):
     """A stream with that id is already running."""
+
+
+def _errors_by_key(supervisor: StreamSupervisor) -> dict[tuple[str, str], int]:
+    return {(str(c), str(t)): n for (c, t), n in supervisor.health.errors_by_key.items()}
 
 
 class AdmissionRefusedError(RuntimeError):
@@ -186,7 +191,12 @@ class Engine:
             self._listeners.remove(listener)
 
     # -- stream control ------------------------------------------------------------------------
-    def add_stream(self, spec: StreamSpec) -> None:
+    def add_stream(
+        self, spec: StreamSpec, *, quarantined_for: float | None = None, quarantine_reason: str = ""
+    ) -> None:
+        """Add and start a stream; ``quarantined_for`` seconds puts it straight into quarantine
+        without a connection attempt (a stream restored from the state file keeps its term)."""
+
         def _add() -> None:
             if spec.id in self._streams:
                 raise StreamExistsError(spec.id)
@@ -195,6 +205,8 @@ class Engine:
                 log.warning("[%s] not added: %s", spec.id, refusal)
                 raise AdmissionRefusedError(f"engine.limits: {refusal}")
             supervisor = StreamSupervisor(spec, self.services)
+            if quarantined_for is not None and quarantined_for > 0:
+                supervisor.quarantine.impose(quarantined_for, quarantine_reason or "quarantined")
             self._streams[spec.id] = supervisor
             self.recording.register(spec)  # recovers crash leftovers even if the stream stays off
             self._sync_mount(spec)
@@ -356,6 +368,25 @@ class Engine:
 
     def list_streams(self) -> list[dict[str, Any]]:
         return self._call(lambda: [self._info(s) for s in self._streams.values()])
+
+    def snapshot(self, timeout: float = CALL_TIMEOUT) -> list[StreamDetail]:
+        """Every stream's detail in one loop hop (a consistent view for metrics and the state file)."""
+
+        def _collect() -> list[StreamDetail]:
+            return [
+                StreamDetail(
+                    info=self._info(supervisor),
+                    spec=supervisor.spec,
+                    errors_by_key={
+                        (str(c), str(t)): n for (c, t), n in supervisor.health.errors_by_key.items()
+                    },
+                )
+                for supervisor in self._streams.values()
+            ]
+
+        if not self._started:
+            raise RuntimeError("engine is not started")
+        return self.loop.call_sync(_collect, timeout=timeout)
 
     def transition_counts(self, stream_id: str) -> dict[str, int]:
         def _counts() -> dict[str, int]:

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from streamwarden.introspect import StreamDetail
+from streamwarden.snapshot import StreamDetail
 from streamwarden.state import UP_STATES, StreamState, TransitionEvent
 
 if TYPE_CHECKING:
@@ -353,12 +353,10 @@ def create_registry(engine: Engine, *, process: bool = True) -> CollectorRegistr
     Attach it before streams are added: recoveries seen before show up as category "unknown"
     and are missing from the histogram.
     """
-    from streamwarden.introspect import stream_details
-
     tracker = RecoveryTracker()
     engine.add_listener(tracker.on_event)
     registry = CollectorRegistry()
-    registry.register(EngineCollector(lambda: stream_details(engine), tracker, engine.incident_list))
+    registry.register(EngineCollector(engine.snapshot, tracker, engine.incident_list))
     if process:
         ProcessCollector(registry=registry)
     return registry

@@ -233,8 +233,6 @@ def restore_streams(engine: Engine, streams: Sequence[PersistedStream]) -> list[
 
     One stream that cannot be added is logged and skipped: it must not keep the others down.
     """
-    from streamwarden.introspect import restore_quarantined
-
     added: list[str] = []
     now = time.time()
     for stream in streams:
@@ -242,7 +240,8 @@ def restore_streams(engine: Engine, streams: Sequence[PersistedStream]) -> list[
         remaining = 0.0 if stream.quarantined_until is None else stream.quarantined_until - now
         try:
             if remaining > 0 and spec.enabled:
-                restore_quarantined(engine, spec, remaining, stream.quarantine_reason or "quarantined")
+                reason = f"{stream.quarantine_reason or 'quarantined'} (restored)"
+                engine.add_stream(spec, quarantined_for=remaining, quarantine_reason=reason)
                 log.info("[%s] restored in quarantine for another %.0f s", spec.id, remaining)
             else:
                 engine.add_stream(spec)
@@ -269,11 +268,9 @@ class StateSaver:
         self._again = False
 
     def snapshot(self) -> list[PersistedStream]:
-        from streamwarden.introspect import stream_details
-
         now = time.time()
         streams = []
-        for detail in stream_details(self.engine):
+        for detail in self.engine.snapshot():
             quarantine = detail.info.get("quarantine") or {}
             until = None
             if quarantine.get("active"):

@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamwarden.config import parse_stream_spec
-from streamwarden.introspect import StreamDetail
 from streamwarden.metrics import RECOVERY_BUCKETS, EngineCollector, RecoveryTracker, render
+from streamwarden.snapshot import StreamDetail
 from streamwarden.state import StreamState, TransitionEvent
 
 

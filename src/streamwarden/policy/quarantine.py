@@ -71,6 +71,11 @@ class Quarantine:
             return 0.0
         return max(0.0, self._until - self._clock())
 
+    def impose(self, seconds: float, reason: str) -> None:
+        """Quarantine now for ``seconds`` (a stream restored from the state file keeps its term)."""
+        self._until = self._clock() + max(0.0, seconds)
+        self.reason = reason
+
     def release(self) -> None:
         """Operator resume: lift quarantine now and forget the trip history."""
         self._until = None
