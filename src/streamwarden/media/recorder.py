@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 from streamwarden.config import RecordConfig, RecordFormat
+from streamwarden.media.buswait import BusWaiter
 from streamwarden.media.gst import GLib, Gst
 from streamwarden.media.loop import LoopThread
 from streamwarden.media.pipeline import add_chain, element_counts, inside, make_element, pad_of
@@ -385,16 +386,24 @@ class RecorderBranch:
         self.state = BranchState.DETACHING
         if self._gate is None or self.frames_in == 0:
             return
-        self._eos_sent = True
-        pad_of(self._gate, "sink").send_event(Gst.Event.new_eos())
-        while time.monotonic() < deadline:
-            message = bus.timed_pop_filtered(
-                100 * Gst.MSECOND, Gst.MessageType.ELEMENT | Gst.MessageType.ERROR
-            )
-            if message is None or message.src is None or not self.owns(message.src):
+        # Bounded and non-spinning even on a bus made out of descriptors (see media/buswait.py).
+        with BusWaiter(bus, Gst.MessageType.ELEMENT | Gst.MessageType.ERROR) as waiter:
+            self._eos_sent = True
+            pad_of(self._gate, "sink").send_event(Gst.Event.new_eos())
+            if self._wait_closed(waiter, deadline):
+                return
+        log.warning("[%s] recording segment not closed within the drain time", self.stream_id)
+
+    def _wait_closed(self, waiter: BusWaiter, deadline: float) -> bool:
+        """True once the newest segment is closed or the recorder failed; False at the deadline."""
+        while True:
+            message = waiter.pop(deadline)
+            if message is None:
+                return False
+            if message.src is None or not self.owns(message.src):
                 continue
             if message.type == Gst.MessageType.ERROR:
-                return  # the recorder itself failed: nothing more will come
+                return True  # the recorder itself failed: nothing more will come
             structure = message.get_structure()
             location = structure.get_string("location") if structure is not None else None
             # Only the close of the newest segment ends the wait: a rotation that raced the
@@ -405,8 +414,7 @@ class RecorderBranch:
                     if segment is not None:
                         segment.opened = True
                 elif structure.get_name() == "splitmuxsink-fragment-closed" and self._closed(location):
-                    return
-        log.warning("[%s] recording segment not closed within the drain time", self.stream_id)
+                    return True
 
     def disposed(self) -> None:
         self.state = BranchState.DONE

@@ -16,6 +16,7 @@ lives on the loop thread; workers report back through ``LoopThread.schedule``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -61,6 +62,7 @@ REMUX_SUFFIX = ".remux"
 # A recorder that takes frames but has written none for this long is restarted (its disk hangs,
 # or the muxer stopped): recording must never die silently while the live stream plays.
 LIVENESS_SECONDS = 20.0
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 
 class RecorderState(StrEnum):
@@ -352,6 +354,9 @@ class Recorder:
             )
         except OSError as exc:  # e.g. the directory became read-only: a later reconcile recovers it
             log.error("[%s] cannot finalize %s: %s", self.stream_id, segment.part.name, exc)
+            if isinstance(exc, SegmentUnreadableError) or exc.errno in _OUT_OF_DESCRIPTORS:
+                message = f"cannot finalize {segment.part.name}: {exc}"
+                self._service.loop.schedule(lambda: self._finalize_failed(message))
         finally:
             self.release_claim(segment)
         if result.record is not None and not result.indexed:
@@ -369,6 +374,17 @@ class Recorder:
                 self.backoff.reset()  # writing works again: the next failure starts from the bottom
         elif result.invalid:
             self.invalid_segments += 1
+
+    def _finalize_failed(self, message: str) -> None:
+        """Closed files cannot be finalized (out of descriptors): stop writing more of them.
+
+        A resource failure like a write error: the branch is detached, retried with backoff,
+        and the ``.part`` files left meanwhile are reconciled once writing works again.
+        """
+        if self.state in (RecorderState.STOPPED, RecorderState.ERROR) or not self.wanted:
+            return
+        self._detach(CloseReason.ERROR)
+        self._failed(message, "resource")
 
     def branch_failed(self, branch: RecorderBranch, message: str, category: str) -> None:
         if branch is not self.branch:
@@ -467,6 +483,13 @@ class Recorder:
 
 
 # -- finalizing files (worker threads) ---------------------------------------------------------------
+class SegmentUnreadableError(OSError):
+    """GStreamer could not open or read a segment (out of descriptors, permissions).
+
+    No verdict on the file: it is kept as ``.part`` for a later reconcile, never deleted.
+    """
+
+
 @dataclass(frozen=True)
 class FinalizeResult:
     record: SegmentRecord | None
@@ -537,6 +560,8 @@ def _finalize_segment(
         return FinalizeResult(None)
     checked = scan(part)
     _still_there(part)
+    if checked.unreadable:
+        raise SegmentUnreadableError(f"cannot read {part.name}: {checked.error}")
     if not checked.playable:
         log.warning(
             "[%s] segment %s holds no playable frame (%s): removed", stream_id, part.name, checked.error
@@ -611,6 +636,8 @@ def _repair(stream_id: str, part: Path, final: Path, fmt: str) -> MediaScan | No
     try:
         copied = remux(part, temporary, fmt)
         checked = scan(temporary) if copied.frames else copied
+        if checked.unreadable:
+            raise SegmentUnreadableError(f"cannot remux {part.name}: {checked.error}")
         if not checked.clean:
             raise RuntimeError(checked.error or "remuxed file does not play")
         _fsync(temporary)
@@ -620,6 +647,8 @@ def _repair(stream_id: str, part: Path, final: Path, fmt: str) -> MediaScan | No
         return checked
     except Exception as exc:
         temporary.unlink(missing_ok=True)
+        if isinstance(exc, SegmentUnreadableError):
+            raise  # not the file's fault: keep it as .part for a later try, unrenamed
         if part.exists():
             log.warning("[%s] cannot remux %s (%s): kept as written", stream_id, part.name, exc)
         return None
@@ -903,16 +932,20 @@ class RecordingService:
             if is_open(str(part)) or not part.exists():
                 continue
             name = parse_segment_name(record.file_template, stream_id, part.relative_to(base).as_posix())
-            result = finalize_segment(
-                index,
-                stream_id,
-                part,
-                fmt=name.ext if name else record.format.value,
-                start_time=name.start.timestamp() if name and name.start else None,
-                reason=CloseReason.CRASH_RECOVERED,
-                frames=None,
-                clean=False,
-            )
+            try:
+                result = finalize_segment(
+                    index,
+                    stream_id,
+                    part,
+                    fmt=name.ext if name else record.format.value,
+                    start_time=name.start.timestamp() if name and name.start else None,
+                    reason=CloseReason.CRASH_RECOVERED,
+                    frames=None,
+                    clean=False,
+                )
+            except OSError as exc:  # kept as it is; the next reconcile tries again
+                log.error("[%s] cannot recover %s: %s", stream_id, part.name, exc)
+                continue
             if result.record is not None:
                 counts["recovered"] += 1
                 log.warning("[%s] recovered %s left by a crash", stream_id, Path(result.record.path).name)
