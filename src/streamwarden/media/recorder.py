@@ -361,7 +361,11 @@ class RecorderBranch:
         pipeline = self._pipeline
 
         def _null() -> None:
-            for element in elements:
+            # Downstream first, as a bin does. A splitmuxsink that failed ("Timestamping error")
+            # holds the record queue's streaming thread in its input, waiting for an output that
+            # will never come; only its own NULL wakes it. The queue first would wait for that
+            # thread's stream lock for ever, and hold the pipeline's disposal with it.
+            for element in reversed(elements):
                 element.set_state(Gst.State.NULL)
             self._cut_cycles()
             self._loop.schedule(_remove)
