@@ -124,3 +124,66 @@ def test_a_stream_whose_bus_cannot_be_watched_fails_as_a_resource_error(
     assert error["category"] == "resource" and "too many open files" in error["reason"], error
     monkeypatch.setattr(pipeline, "bus_can_wait", lambda _bus: True)
     wait_until(lambda: engine.state("blind") == StreamState.PLAYING, 10, message="did not recover")
+
+
+def _header_only_mp4(directory: Path) -> Path:
+    """What a SIGKILL leaves right after a rotation: a fragmented MP4's header, no fragment."""
+    from streamwarden.media.gst import Gst
+
+    whole = directory / "whole.mp4"
+    pipeline = Gst.parse_launch(
+        "videotestsrc num-buffers=50 ! video/x-raw,format=I420,width=160,height=120,framerate=25/1 "
+        f"! x264enc key-int-max=25 ! h264parse ! mp4mux fragment-duration=1000 ! filesink location={whole}"
+    )
+    bus = pipeline.get_bus()
+    assert bus is not None
+    pipeline.set_state(Gst.State.PLAYING)
+    try:
+        message = bus.timed_pop_filtered(30 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR)
+        assert message is not None and message.type == Gst.MessageType.EOS
+    finally:
+        pipeline.set_state(Gst.State.NULL)
+    data, offset = whole.read_bytes(), 0
+    while offset + 8 <= len(data) and data[offset + 4 : offset + 8] != b"moof":
+        offset += int.from_bytes(data[offset : offset + 4], "big")
+    header = directory / "cam-20260101T000000Z.part.mp4"
+    header.write_bytes(data[:offset])
+    return header
+
+
+def test_a_header_only_mp4_is_judged_at_once_while_other_pipelines_start(
+    gst_init: None, h264_mkv: Path, tmp_path: Path
+) -> None:
+    """Regression: through parsebin, qtdemux's "no playable streams" posted while parsebin was
+    still plugging it was dropped (this test failed 4 runs in 6 that way): the pass waited its
+    whole timeout, and so did the reconcile behind it (the SIGKILL test's leftover stayed .part,
+    1 run in 8). Our own files are now read with their container's demuxer."""
+    import threading
+
+    from streamwarden.media.gst import Gst
+    from streamwarden.media.segments import scan
+
+    header = _header_only_mp4(tmp_path)
+    results: list[tuple[float, int, str | None]] = []
+
+    def _scans() -> None:
+        for _ in range(12):
+            started = time.monotonic()
+            checked = scan(header, timeout=10)
+            results.append((time.monotonic() - started, checked.frames, checked.error))
+
+    others = [
+        Gst.parse_launch(f"filesrc location={h264_mkv} ! parsebin ! fakesink sync=false") for _ in range(6)
+    ]
+    worker = threading.Thread(target=_scans)
+    worker.start()
+    try:
+        for pipeline in others:
+            pipeline.set_state(Gst.State.PLAYING)
+        worker.join(60)
+    finally:
+        for pipeline in others:
+            pipeline.set_state(Gst.State.NULL)
+    assert len(results) == 12, results
+    for seconds, frames, error in results:
+        assert seconds < 3 and frames == 0 and error is not None and "no playable" in error, results

@@ -32,6 +32,11 @@ __all__ = ["MediaScan", "remux", "scan"]
 log = logging.getLogger(__name__)
 
 _MUXERS = {"mkv": "matroskamux", "mp4": "mp4mux"}
+# Our own files are read with their container's demuxer, not parsebin: parsebin drops an error
+# its demuxer posts while being plugged (seen with a header-only MP4 left by a SIGKILL, about 1
+# run in 6 with other pipelines starting), and the pass then waits for its whole timeout.
+_DEMUXERS = {"mkv": "matroskademux", "mp4": "qtdemux"}
+_TEMPORARY_SUFFIX = ".remux"
 _RESOURCE_DOMAIN = "gst-resource-error-quark"
 
 
@@ -140,12 +145,18 @@ def _note_error(outcome: _Outcome, message: Gst.Message) -> None:
     outcome.resource = domain == _RESOURCE_DOMAIN
 
 
+def _reader(path: str | Path) -> Gst.Element:
+    """The container's demuxer, from the name (``x.part.mkv``, ``x.mkv.remux``); else parsebin."""
+    ext = Path(str(path).removesuffix(_TEMPORARY_SUFFIX)).suffix.lstrip(".")
+    return _make(_DEMUXERS.get(ext, "parsebin"))
+
+
 def scan(path: str | Path, timeout: float = 60.0) -> MediaScan:
     """Demux ``path`` to the end and count its video frames (blocking)."""
     pipeline = Gst.Pipeline.new("segment-scan")
     source = _make("filesrc")
     source.set_property("location", str(path))
-    parse = _make("parsebin")
+    parse = _reader(path)
     sink = _make("fakesink")
     sink.set_property("sync", False)
     sink.set_property("async", False)
@@ -188,7 +199,7 @@ def remux(source_path: str | Path, target_path: str | Path, fmt: str, timeout: f
     pipeline = Gst.Pipeline.new("segment-remux")
     source = _make("filesrc")
     source.set_property("location", str(source_path))
-    parse = _make("parsebin")
+    parse = _reader(source_path)
     muxer = _make(_MUXERS[fmt])
     sink = _make("filesink")
     sink.set_property("location", str(target_path))
