@@ -260,9 +260,9 @@ class StreamPipeline:
         finishing = [
             b for b in self.branches if finalize_recording and self._meter.frames > 0 and b.needs_finish()
         ]
+        # Messages the watch has not dispatched stay: a branch's wait ends on its splitmuxsink's
+        # forwarded EOS only, and an earlier rotation's close tells it that segment is complete.
         bus = pipeline.get_bus()
-        while bus.pop() is not None:
-            pass  # past messages (an earlier rotation's) must not end a branch's wait
 
         def _dispose() -> None:
             deadline = time.monotonic() + min(timeout, 3.0)
