@@ -24,7 +24,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from streamwarden.config import Config, ConfigError, load_config
+from streamwarden.config import Config, ConfigError, load_config, load_yaml
 from streamwarden.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ def status(url: UrlOption = DEFAULT_URL, token: TokenOption = None, timeout: Tim
 def _specs_from_file(path: Path) -> list[Any]:
     """One spec, a list of specs, or a config-like mapping with ``streams``; YAML or JSON."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         console.print(f"[red]cannot read {path}[/red]: {exc}", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None
