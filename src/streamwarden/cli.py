@@ -119,6 +119,7 @@ def run_engine(config: Config, *, stop_timeout: float = 10.0, config_path: Path 
 
     from streamwarden.api import InsecureApiError, create_app
     from streamwarden.engine import Engine
+    from streamwarden.httpserver import server_config
     from streamwarden.persist import StateStore, restore_streams
 
     log = logging.getLogger("streamwarden")
@@ -156,10 +157,10 @@ def run_engine(config: Config, *, stop_timeout: float = 10.0, config_path: Path 
     log.info("running %d stream(s)", len(engine.stream_ids()))
 
     server = uvicorn.Server(
-        uvicorn.Config(
+        server_config(  # keep-alive, header size, head deadline and connection cap: httpserver.py
             api,
-            host=config.api.host,
-            port=config.api.port,
+            config.api.host,
+            config.api.port,
             log_config=None,  # records go through our handler: redacted, JSON when asked
             lifespan="off",
             timeout_graceful_shutdown=max(1, int(stop_timeout)),
