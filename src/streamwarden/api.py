@@ -71,6 +71,9 @@ T = TypeVar("T")
 PROBLEM_JSON = "application/problem+json"
 MERGE_PATCH_JSON = "application/merge-patch+json"
 MAX_BODY_BYTES = 1024 * 1024
+# A body trickled in slowly holds a request task (and a connection) as long as it lasts; the
+# server bounds the request head (httpserver.py), this bounds the body.
+BODY_TIMEOUT = 10.0
 TOKEN_ENV = "STREAMWARDEN_API_TOKEN"
 READY_TIMEOUT = 1.0
 PROBLEM_TYPE = "urn:streamwarden:problem:"
@@ -219,6 +222,7 @@ _RESPONSE_TEXT = {
     401: "Missing or wrong bearer token",
     404: "No stream with this id",
     409: "A stream with this id already exists",
+    408: f"Request body not received within {BODY_TIMEOUT:g} s",
     413: f"Request body larger than {MAX_BODY_BYTES} bytes",
     422: "Invalid stream spec or parameter: `errors` names each field",
     503: "The engine is not running or did not answer in time",
@@ -339,11 +343,17 @@ async def _read_json(request: Request) -> Any:
         raise ProblemError(413, "body-too-large", "Request body too large", _RESPONSE_TEXT[413])
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ProblemError(413, "body-too-large", "Request body too large", _RESPONSE_TEXT[413])
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise ProblemError(413, "body-too-large", "Request body too large", _RESPONSE_TEXT[413])
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ProblemError(
+            408, "body-timeout", "Request body too slow", _RESPONSE_TEXT[408], headers={"Connection": "close"}
+        ) from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise _malformed("the request body is empty: a JSON object is required")
@@ -799,7 +809,7 @@ def create_app(
         tags=["streams"],
         summary="Add a stream (the body is a stream spec exactly as in the config file)",
         dependencies=write_deps,
-        responses=_problems(400, *auth_codes, 409, 413, 422, 503),
+        responses=_problems(400, *auth_codes, 408, 409, 413, 422, 503),
         openapi_extra=_json_body("StreamSpec", "application/json"),
     )
     async def add_stream(request: Request, response: Response) -> dict[str, Any]:
@@ -829,7 +839,7 @@ def create_app(
         tags=["streams"],
         summary="Change a stream (JSON merge patch: source, recovery, record, serve, enabled)",
         dependencies=write_deps,
-        responses=_problems(400, *auth_codes, 404, 413, 422, 503),
+        responses=_problems(400, *auth_codes, 404, 408, 413, 422, 503),
         openapi_extra=_json_body("StreamPatch", "application/json", MERGE_PATCH_JSON),
     )
     async def patch_stream(stream_id: str, request: Request) -> dict[str, Any]:

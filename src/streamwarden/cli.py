@@ -24,7 +24,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from streamwarden.config import Config, ConfigError, load_config
+from streamwarden.config import Config, ConfigError, load_config, load_yaml
 from streamwarden.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -119,6 +119,7 @@ def run_engine(config: Config, *, stop_timeout: float = 10.0, config_path: Path 
 
     from streamwarden.api import InsecureApiError, create_app
     from streamwarden.engine import Engine
+    from streamwarden.httpserver import server_config
     from streamwarden.persist import StateStore, restore_streams
 
     log = logging.getLogger("streamwarden")
@@ -156,10 +157,10 @@ def run_engine(config: Config, *, stop_timeout: float = 10.0, config_path: Path 
     log.info("running %d stream(s)", len(engine.stream_ids()))
 
     server = uvicorn.Server(
-        uvicorn.Config(
+        server_config(  # keep-alive, header size, head deadline and connection cap: httpserver.py
             api,
-            host=config.api.host,
-            port=config.api.port,
+            config.api.host,
+            config.api.port,
             log_config=None,  # records go through our handler: redacted, JSON when asked
             lifespan="off",
             timeout_graceful_shutdown=max(1, int(stop_timeout)),
@@ -299,7 +300,7 @@ def status(url: UrlOption = DEFAULT_URL, token: TokenOption = None, timeout: Tim
 def _specs_from_file(path: Path) -> list[Any]:
     """One spec, a list of specs, or a config-like mapping with ``streams``; YAML or JSON."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         console.print(f"[red]cannot read {path}[/red]: {exc}", highlight=False)
         raise typer.Exit(EXIT_CONFIG) from None

@@ -461,6 +461,44 @@ def parse_stream_spec(data: Any, source: str = "stream") -> StreamSpec:
         raise ConfigError(source, format_validation_error(exc)) from None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping.
+
+    PyYAML keeps the last value silently, so a second ``record:`` or ``password:`` left in by
+    an edit would quietly replace the first. Keys a ``<<`` merge brings in may still be
+    overridden: that is what merging is for.
+    """
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"duplicate key {key!r} (first given on line {first.start_mark.line + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def load_yaml(text: str) -> Any:
+    """Safe YAML with duplicate keys refused (yaml.YAMLError naming the key and its line)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config; raises ConfigError naming every bad field."""
     path = Path(path)
@@ -471,7 +509,7 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), [f"not UTF-8 text (byte {exc.start})"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except RecursionError:
         raise ConfigError(str(path), ["invalid YAML: nested too deeply"]) from None
     except yaml.YAMLError as exc:

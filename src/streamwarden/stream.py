@@ -570,7 +570,8 @@ class StreamSupervisor:
         transport = f" over {self.transport}" if isinstance(self.spec.source, RtspSource) else ""
         self._move(StreamState.CONNECTING, f"attempt {self.health.attempts_total}{transport}")
         if not pipeline.start():
-            self.failure(ErrorReport(kind="error", message="pipeline refused to start"), generation)
+            report = pipeline.start_error or ErrorReport(kind="error", message="pipeline refused to start")
+            self.failure(report, generation)
 
     def _first_frame(self, generation: int) -> None:
         if generation != self._generation or self.state != StreamState.CONNECTING:

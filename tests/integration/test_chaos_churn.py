@@ -10,6 +10,7 @@ import gc
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from streamwarden.chaos import run_churn
 from streamwarden.engine import Engine
 from streamwarden.media.pipeline import StreamPipeline
 from streamwarden.testing.camera import free_port
-from tests.helpers import wait_until
+from tests.helpers import count_frames, wait_until
 from tests.integration.conftest import file_spec, rtsp_spec
 
 pytestmark = pytest.mark.integration
@@ -110,16 +111,67 @@ def test_recording_attempts_are_freed_too(engine: Engine, h264_mp4: Path, tmp_pa
     assert _live_pipelines() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="re-adding a recording stream races its own removal: the new recorder's reconcile job "
-    "finalizes the .part the old branch is still closing -> FileNotFoundError in finalize_segment "
-    "(_fsync), logged as 'record-maintenance: job failed' with a traceback",
-)
 def test_re_adding_a_recording_stream_at_once_raises_nothing(
     engine: Engine, h264_mp4: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Regression: the re-added stream's new recorder reconciled the directory while the removed
+    stream's branch was still closing its last ``.part``, and finalized it under its feet
+    (FileNotFoundError in finalize_segment, 'record-maintenance: job failed'). Claims now belong
+    to the stream id, shared by every recorder it has had."""
     spec = file_spec("rec", h264_mp4, record={"dir": str(tmp_path / "rec"), "segment_seconds": 10})
     _cycle(engine, [spec], 4, dwell=1.2)
+    assert engine.recording.flush(10)
     crashed = [r.getMessage() for r in caplog.records if r.exc_info is not None]
     assert not crashed, crashed
+    assert not [r.getMessage() for r in caplog.records if "kept as written" in r.getMessage()]
+    assert not list((tmp_path / "rec").rglob("*.part.*"))  # each removal's last segment finalized
+    finals = sorted((tmp_path / "rec").rglob("*.mkv"))
+    assert len(finals) >= 4, finals
+    assert engine.recording._claims == {}  # nothing claimed, nothing held once the streams are gone
+
+
+@pytest.mark.parametrize("raced", ["scan", "remux"])
+def test_finalize_tolerates_a_part_another_job_finalized_meanwhile(
+    gst_init: None, h264_mkv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raced: str
+) -> None:
+    """Two jobs on one part: the other one renames it while this one scans or remuxes it. This
+    one must neither raise nor replace the other's file, and leave no temporary behind."""
+    import shutil
+
+    from streamwarden.media import recorder_service
+    from streamwarden.recording.index import CloseReason, SegmentIndex
+
+    part = tmp_path / "cam-20260101T000000Z.part.mkv"
+    shutil.copy(h264_mkv, part)
+    index = SegmentIndex(tmp_path / "segments.sqlite3")
+    real = getattr(recorder_service, raced)
+    won: list[recorder_service.FinalizeResult] = []
+
+    def finalize(clean: bool) -> recorder_service.FinalizeResult:
+        return recorder_service.finalize_segment(
+            index,
+            "cam",
+            part,
+            fmt="mkv",
+            start_time=None,
+            reason=CloseReason.ROTATION,
+            frames=None,
+            clean=clean,
+        )
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        done = real(*args, **kwargs)
+        monkeypatch.setattr(recorder_service, raced, real)
+        won.append(finalize(clean=True))  # the other job, start to end, while this one is inside
+        return done
+
+    monkeypatch.setattr(recorder_service, raced, racing)
+    try:
+        lost = finalize(clean=raced == "scan")  # clean=False: this job takes the remux path
+    finally:
+        index.close()
+    assert lost.record is None and not lost.invalid
+    winner = won[0].record
+    assert winner is not None
+    assert sorted(p.name for p in tmp_path.glob("cam-*")) == [Path(winner.path).name]
+    assert winner.frames == count_frames(winner.path)

@@ -13,9 +13,7 @@ from streamwarden.chaos import FAULT_KINDS, ChaosOptions, run_chaos, to_markdown
 
 pytestmark = pytest.mark.integration
 
-# net_bandwidth is left to make chaos: throttled below its bitrate, the camera drops frames and the
-# recorder fails on the timestamps (a known recorder issue, see test_chaos_network.py).
-KINDS = tuple(k for k in FAULT_KINDS if k != "net_bandwidth")
+KINDS = tuple(FAULT_KINDS)  # net_bandwidth included: its recorder failure now finalizes
 
 
 def test_a_short_chaos_run_loses_nothing_outside_fault_windows(gst_init: None, tmp_path: Path) -> None:
@@ -28,8 +26,8 @@ def test_a_short_chaos_run_loses_nothing_outside_fault_windows(gst_init: None, t
     assert not report.unhandled, report.unhandled
     assert not report.credential_leaks, report.credential_leaks
     assert not report.unplayable, report.unplayable  # .part leftovers included: each is probed
-    # .part leftovers themselves are reported, not asserted: after some recorder failures (see the
-    # xfail in test_chaos_network.py) a segment stays .part, playable, until the next start.
+    # A recorder failure (net_bandwidth's timestamping error too) finalizes its segment at the retry.
+    assert not report.part_leftovers, text
     assert report.wire_loss_steady == 0 and not any(report.holes.values()), text
     assert report.wire_forwarded == report.wire_ingested + report.wire_loss_outage, text
     assert all(k.not_recovered == 0 for k in report.kinds.values()), text

@@ -41,3 +41,15 @@ def test_validate_missing_file_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["validate", str(tmp_path / "none.yaml")])
     assert result.exit_code == EXIT_CONFIG
     assert "cannot read" in result.output
+
+
+def test_duplicate_keys_are_refused_by_validate_and_add(tmp_path: Path) -> None:
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("id: a\nsource: {type: file, path: a.mp4}\nid: b\n")
+    result = CliRunner().invoke(app, ["validate", str(dup)])
+    assert result.exit_code == EXIT_CONFIG
+    assert "duplicate key 'id'" in result.output and "line 3" in result.output
+    # `add` reads its file before it contacts any API: refused the same way, nothing sent.
+    result = CliRunner().invoke(app, ["add", str(dup), "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == EXIT_CONFIG
+    assert "duplicate key 'id'" in result.output

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from streamwarden.config import (
     ConfigError,
     FileSource,
     RtspSource,
     load_config,
+    load_yaml,
     parse_config,
     parse_stream_spec,
     redacted_spec,
@@ -98,6 +100,34 @@ def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert "invalid YAML: line" in caught.value.errors[0]
+
+
+def test_duplicate_yaml_keys_are_errors_naming_key_and_line(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys silently: a second ``source:`` left by an edit
+    would replace the first without a word."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(
+        "streams:\n"
+        "  - id: a\n"
+        "    source: {type: file, path: x.mp4}\n"
+        "    source: {type: file, path: y.mp4, password: hunter2}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.errors == [
+        "invalid YAML: line 4, column 5: duplicate key 'source' (first given on line 3)"
+    ]
+    path.write_text("engine: {}\nstreams: []\nengine: {}\n")  # at the top level too
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "duplicate key 'engine'" in caught.value.errors[0] and "line 3" in caught.value.errors[0]
+
+
+def test_yaml_merge_keys_may_still_be_overridden() -> None:
+    data = load_yaml("base: &b {stall_timeout_seconds: 2, x: 1}\nother:\n  <<: *b\n  x: 2\n")
+    assert data["other"] == {"stall_timeout_seconds": 2, "x": 2}
+    with pytest.raises(yaml.YAMLError, match="duplicate key 'x'"):
+        load_yaml("a:\n  <<: {x: 1}\n  x: 2\n  x: 3\n")
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

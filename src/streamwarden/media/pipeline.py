@@ -38,11 +38,12 @@ from streamwarden.config import (  # noqa: E402
     rtsp_credentials,
 )
 from streamwarden.health import FrameMeter  # noqa: E402
+from streamwarden.media.buswait import bus_can_wait  # noqa: E402
 from streamwarden.media.loop import LoopThread  # noqa: E402
 from streamwarden.media.mediacheck import MediaSampler  # noqa: E402
 from streamwarden.media.rtpstats import RtpStats  # noqa: E402
 from streamwarden.media.rtspsource import RtspSourceBin  # noqa: E402
-from streamwarden.policy.classify import ErrorReport  # noqa: E402
+from streamwarden.policy.classify import RESOURCE_ERROR, ErrorReport  # noqa: E402
 from streamwarden.redact import redact  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class StreamPipeline:
         self._bus_handler = 0
         self.generation = generation
         self.branches = list(branches)
+        self.start_error: ErrorReport | None = None  # why ``start`` returned False, when known
         self.pipeline = Gst.Pipeline.new(f"{spec.id}-{generation}")
         self._build(transport)
 
@@ -169,6 +171,16 @@ class StreamPipeline:
         """Attach the bus and go to PLAYING; False when the state change failed at once."""
         # Called on the loop thread: the signal watch attaches to its thread-default context.
         bus = self.pipeline.get_bus()
+        if not bus_can_wait(bus):
+            # Made out of descriptors, the bus has no poll: add_signal_watch would silently
+            # install nothing and this attempt would run blind. A resource failure instead.
+            self.start_error = ErrorReport(
+                kind="error",
+                domain=RESOURCE_ERROR,
+                element="bus",
+                message="cannot watch the pipeline bus: its poll could not be created (too many open files?)",
+            )
+            return False
         bus.add_signal_watch()
         bus.set_sync_handler(self._on_sync_message)
         self._bus_handler = bus.connect("message", self._on_bus_message)
@@ -268,9 +280,9 @@ class StreamPipeline:
         finishing = [
             b for b in self.branches if finalize_recording and self._meter.frames > 0 and b.needs_finish()
         ]
+        # Messages the watch has not dispatched stay: a branch's wait ends on its splitmuxsink's
+        # forwarded EOS only, and an earlier rotation's close tells it that segment is complete.
         bus = pipeline.get_bus()
-        while bus.pop() is not None:
-            pass  # past messages (an earlier rotation's) must not end a branch's wait
 
         def _dispose() -> None:
             deadline = time.monotonic() + min(timeout, 3.0)

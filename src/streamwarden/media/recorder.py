@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 from streamwarden.config import RecordConfig, RecordFormat
+from streamwarden.media.buswait import BusWaiter
 from streamwarden.media.gst import GLib, Gst
 from streamwarden.media.loop import LoopThread
 from streamwarden.media.pipeline import add_chain, element_counts, inside, make_element, pad_of
@@ -58,6 +59,7 @@ class OpenSegment:
     final: Path
     start_time: float  # UTC epoch seconds of its first frame
     opened: bool = False
+    closed: bool = False  # splitmuxsink reported it closed (its file is complete)
     handed_off: bool = False
 
 
@@ -124,6 +126,8 @@ class RecorderBranch:
         self._valve: Gst.Element | None = None
         self._out: Gst.Element | None = None
         self._eos_sent = False
+        self._draining = False  # a runtime detach drains (EOS) rather than cuts
+        self._end_seen = False  # splitmuxsink's forwarded EOS arrived: every file is closed
         self._lock = threading.Lock()
         self._pipeline: Gst.Pipeline | None = None
         self._tee: Gst.Element | None = None
@@ -165,6 +169,11 @@ class RecorderBranch:
         sink.set_property("async", False)
         split.set_property("muxer", muxer)
         split.set_property("sink", sink)
+        # The only sign that splitmuxsink is done with an EOS: it drops its sink's EOS at every
+        # rotation and passes the last one on, which message-forward posts as "GstBinForwarded"
+        # right after the last fragment-closed. A fragment-closed alone cannot tell a rotation
+        # racing the EOS (splitmuxsink holds a GOP) from the end (see _closed).
+        split.set_property("message-forward", True)
         self._handlers.append((split, split.connect("format-location-full", self._next_segment)))
         entry = pad_of(gate, "sink")
         self._probes.append((entry, entry.add_probe(Gst.PadProbeType.BUFFER, self._until_keyframe)))
@@ -265,7 +274,10 @@ class RecorderBranch:
                 if segment is not None:
                     segment.opened = True
                     self.owner.segment_opened(self, segment)
-            elif name == "splitmuxsink-fragment-closed" and location and self._closed(location):
+            elif name == "splitmuxsink-fragment-closed" and location:
+                self._closed(location)
+            elif _is_end_of_stream(structure) and self._eos_sent and self.state == BranchState.DETACHING:
+                self._ended()
                 self._complete_detach()  # the last segment of a runtime detach is closed
         elif kind == Gst.MessageType.ERROR:
             error, debug = message.parse_error()
@@ -289,18 +301,36 @@ class RecorderBranch:
         with self._lock:
             return next((s for s in self.segments if str(s.part) == location), None)
 
-    def _closed(self, location: str) -> bool:
-        """Hand a closed segment over; True when it was the newest (a finish may end)."""
+    def _closed(self, location: str) -> None:
+        """Hand a segment closed by a rotation over; keep the newest once the EOS is sent.
+
+        After the EOS, the newest segment known may be closed by a rotation that raced it: the
+        input had decided to rotate up to a GOP earlier, and the next file is named only after
+        this close. Taking it for the last one set NULL before that next file was written (the
+        frames since the rotation were lost at every stop). ``_ended`` tells.
+        """
         with self._lock:
             segment = next((s for s in self.segments if str(s.part) == location), None)
             if segment is None or segment.handed_off:
-                return False
-            newest = segment is self.segments[-1]
+                return
+            segment.closed = True
             ending = self.state != BranchState.ATTACHED and self._eos_sent
-            reason = self.close_reason if newest and ending else CloseReason.ROTATION
+            if ending and segment is self.segments[-1]:
+                return
             segment.handed_off = True
-        self.owner.segment_closed(self, segment, reason, None, True)
-        return newest and ending
+        self.owner.segment_closed(self, segment, CloseReason.ROTATION, None, True)
+
+    def _ended(self) -> None:
+        """splitmuxsink passed the EOS on: every file it opened is closed, the newest last."""
+        with self._lock:
+            pending = [s for s in self.segments if not s.handed_off]
+            for segment in pending:
+                segment.handed_off = True
+            last = self.segments[-1] if self.segments else None
+            self._end_seen = True
+        for segment in pending:
+            reason = self.close_reason if segment is last else CloseReason.ROTATION
+            self.owner.segment_closed(self, segment, reason, None, True)
 
     # -- leaving a running pipeline (loop thread) -------------------------------------------------
     def detach(self, reason: CloseReason) -> None:
@@ -316,6 +346,7 @@ class RecorderBranch:
             return
         queue_sink = pad_of(gate, "sink")
         drain = not self.failed and self.frames_in > 0
+        self._draining = drain
 
         def _unlink(pad: Gst.Pad, _info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
             # Runs on the tee's streaming thread, or right here when the pad is idle.
@@ -360,7 +391,11 @@ class RecorderBranch:
         pipeline = self._pipeline
 
         def _null() -> None:
-            for element in elements:
+            # Downstream first, as a bin does. A splitmuxsink that failed ("Timestamping error")
+            # holds the record queue's streaming thread in its input, waiting for an output that
+            # will never come; only its own NULL wakes it. The queue first would wait for that
+            # thread's stream lock for ever, and hold the pipeline's disposal with it.
+            for element in reversed(elements):
                 element.set_state(Gst.State.NULL)
             self._cut_cycles()
             self._loop.schedule(_remove)
@@ -378,35 +413,52 @@ class RecorderBranch:
 
     # -- disposal of the whole attempt (disposal thread) ----------------------------------------
     def needs_finish(self) -> bool:
-        return self._split is not None and self.state == BranchState.ATTACHED and not self.failed
+        """Attached and healthy, or a runtime detach still draining: NULL now cuts its last file."""
+        if self._split is None or self.failed:
+            return False
+        if self.state == BranchState.ATTACHED:
+            return True
+        return self.state == BranchState.DETACHING and self._draining and not self._end_seen
 
     def finish(self, pipeline: Gst.Pipeline, bus: Gst.Bus, deadline: float) -> None:
-        """EOS into this branch only, then wait (bounded) for its newest segment to close."""
+        """EOS into this branch only (unless a runtime detach sent it), then wait (bounded) for
+        splitmuxsink to finish its last file."""
+        draining = self.state == BranchState.DETACHING  # operator stop or disk pause, then disposal
         self.state = BranchState.DETACHING
-        if self._gate is None or self.frames_in == 0:
+        if self._gate is None or (not draining and self.frames_in == 0):
             return
-        self._eos_sent = True
-        pad_of(self._gate, "sink").send_event(Gst.Event.new_eos())
-        while time.monotonic() < deadline:
-            message = bus.timed_pop_filtered(
-                100 * Gst.MSECOND, Gst.MessageType.ELEMENT | Gst.MessageType.ERROR
-            )
-            if message is None or message.src is None or not self.owns(message.src):
+        # Bounded and non-spinning even on a bus made out of descriptors (see media/buswait.py).
+        with BusWaiter(bus, Gst.MessageType.ELEMENT | Gst.MessageType.ERROR) as waiter:
+            if not draining:
+                self._eos_sent = True
+                pad_of(self._gate, "sink").send_event(Gst.Event.new_eos())
+            if self._wait_closed(waiter, deadline):
+                return
+        log.warning("[%s] recording segment not closed within the drain time", self.stream_id)
+
+    def _wait_closed(self, waiter: BusWaiter, deadline: float) -> bool:
+        """True once splitmuxsink has closed its last file or failed; False at the deadline."""
+        while True:
+            message = waiter.pop(deadline)
+            if message is None:
+                return False
+            if message.src is None or not self.owns(message.src):
                 continue
             if message.type == Gst.MessageType.ERROR:
-                return  # the recorder itself failed: nothing more will come
+                return True  # the recorder itself failed: nothing more will come
             structure = message.get_structure()
-            location = structure.get_string("location") if structure is not None else None
-            # Only the close of the newest segment ends the wait: a rotation that raced the
-            # EOS closes the previous one and opens another.
-            if structure is not None and location:
-                if structure.get_name() == "splitmuxsink-fragment-opened":
-                    segment = self._segment(location)
-                    if segment is not None:
-                        segment.opened = True
-                elif structure.get_name() == "splitmuxsink-fragment-closed" and self._closed(location):
-                    return
-        log.warning("[%s] recording segment not closed within the drain time", self.stream_id)
+            if structure is None:
+                continue
+            if _is_end_of_stream(structure):
+                self._ended()
+                return True
+            location = structure.get_string("location")
+            if location and structure.get_name() == "splitmuxsink-fragment-opened":
+                segment = self._segment(location)
+                if segment is not None:
+                    segment.opened = True
+            elif location and structure.get_name() == "splitmuxsink-fragment-closed":
+                self._closed(location)
 
     def disposed(self) -> None:
         self.state = BranchState.DONE
@@ -443,7 +495,15 @@ class RecorderBranch:
             # Only the newest can have been cut: splitmuxsink opens a file after closing the last.
             newest = segment is last
             reason = self.close_reason if newest else CloseReason.ROTATION
-            self.owner.segment_closed(self, segment, reason, None, not newest)
+            self.owner.segment_closed(self, segment, reason, None, segment.closed or not newest)
+
+
+def _is_end_of_stream(structure: Gst.Structure | None) -> bool:
+    """splitmuxsink's forwarded EOS (message-forward): it has finished its last file."""
+    if structure is None or structure.get_name() != "GstBinForwarded":
+        return False
+    inner = structure.get_value("message")
+    return isinstance(inner, Gst.Message) and inner.type == Gst.MessageType.EOS
 
 
 def _wall_time_of(element: Gst.Element, sample: Gst.Sample | None) -> float:

@@ -16,6 +16,7 @@ lives on the loop thread; workers report back through ``LoopThread.schedule``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -61,6 +62,7 @@ REMUX_SUFFIX = ".remux"
 # A recorder that takes frames but has written none for this long is restarted (its disk hangs,
 # or the muxer stopped): recording must never die silently while the live stream plays.
 LIVENESS_SECONDS = 20.0
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 
 class RecorderState(StrEnum):
@@ -127,6 +129,23 @@ class Worker:
         self._jobs.put(None)
 
 
+# -- claimed paths --------------------------------------------------------------------------------------
+class SegmentClaims:
+    """Part and final paths of one stream id's segments that are open or not yet finalized.
+
+    Shared by every ``Recorder`` a stream id has had: a stream removed and added again at once
+    gets a new recorder while the old branch is still closing its last ``.part``; the new
+    recorder's reconcile must see that file as open, and its new segments must not take the
+    old branch's names. ``users`` counts recorders holding it; the service drops it when no
+    recorder holds it and no claim is left (any thread).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.paths: set[str] = set()
+        self.users = 0
+
+
 # -- the recorder of one stream ----------------------------------------------------------------------
 class Recorder:
     """One stream's recording, across pipeline attempts (loop thread unless noted)."""
@@ -160,8 +179,7 @@ class Recorder:
         self.last_error: str | None = None
         self._reconcile_on_success = False
         self.current_segment: str | None = None
-        self._claims_lock = threading.Lock()
-        self._claimed: set[str] = set()  # part and final paths of segments not yet finalized
+        self._claims = service.hold_claims(stream_id)
 
     # -- which branch an attempt gets -----------------------------------------------------------
     def branch_for_attempt(self, record: RecordConfig) -> RecorderBranch | None:
@@ -303,20 +321,20 @@ class Recorder:
 
     # -- BranchOwner ----------------------------------------------------------------------------------
     def claim_segment(self, relative_stem: str) -> tuple[Path, Path]:
-        with self._claims_lock:
+        claims = self._claims
+        with claims.lock:
             directory, ext = Path(self.record.dir), self.record.format.value
-            part, final = unique_paths(directory, relative_stem, ext, self._claimed)
-            self._claimed.update((str(part), str(final)))
+            part, final = unique_paths(directory, relative_stem, ext, claims.paths)
+            claims.paths.update((str(part), str(final)))
         return part, final
 
     def release_claim(self, segment: OpenSegment) -> None:
-        with self._claims_lock:
-            self._claimed.discard(str(segment.part))
-            self._claimed.discard(str(segment.final))
+        self._service.release_claims(self.stream_id, self._claims, (str(segment.part), str(segment.final)))
 
     def open_paths(self) -> set[str]:
-        with self._claims_lock:
-            return set(self._claimed)
+        """Paths still open or being finalized by any branch of this stream id (any thread)."""
+        with self._claims.lock:
+            return set(self._claims.paths)
 
     def segment_opened(self, branch: RecorderBranch, segment: OpenSegment) -> None:
         if branch is self.branch:
@@ -357,6 +375,9 @@ class Recorder:
             )
         except OSError as exc:  # e.g. the directory became read-only: a later reconcile recovers it
             log.error("[%s] cannot finalize %s: %s", self.stream_id, segment.part.name, exc)
+            if isinstance(exc, SegmentUnreadableError) or exc.errno in _OUT_OF_DESCRIPTORS:
+                message = f"cannot finalize {segment.part.name}: {exc}"
+                self._service.loop.schedule(lambda: self._finalize_failed(message))
         finally:
             self.release_claim(segment)
         if result.record is not None and not result.indexed:
@@ -374,6 +395,17 @@ class Recorder:
                 self.backoff.reset()  # writing works again: the next failure starts from the bottom
         elif result.invalid:
             self.invalid_segments += 1
+
+    def _finalize_failed(self, message: str) -> None:
+        """Closed files cannot be finalized (out of descriptors): stop writing more of them.
+
+        A resource failure like a write error: the branch is detached, retried with backoff,
+        and the ``.part`` files left meanwhile are reconciled once writing works again.
+        """
+        if self.state in (RecorderState.STOPPED, RecorderState.ERROR) or not self.wanted:
+            return
+        self._detach(CloseReason.ERROR)
+        self._failed(message, "resource")
 
     def branch_failed(self, branch: RecorderBranch, message: str, category: str) -> None:
         if branch is not self.branch:
@@ -433,6 +465,7 @@ class Recorder:
 
     def close(self) -> None:
         self._cancel_retry()
+        self._service.drop_claims(self.stream_id, self._claims)
 
     def note_recovered(self, count: int) -> None:
         self.recovered_segments += count
@@ -471,6 +504,13 @@ class Recorder:
 
 
 # -- finalizing files (worker threads) ---------------------------------------------------------------
+class SegmentUnreadableError(OSError):
+    """GStreamer could not open or read a segment (out of descriptors, permissions).
+
+    No verdict on the file: it is kept as ``.part`` for a later reconcile, never deleted.
+    """
+
+
 @dataclass(frozen=True)
 class FinalizeResult:
     record: SegmentRecord | None
@@ -493,8 +533,41 @@ def finalize_segment(
     """Validate a closed ``.part`` file, make it playable if it was cut off, rename, index.
 
     ``clean`` False (a crash leftover, a write error, a NULL without EOS) always remuxes: the
-    container's own duration and index are then right, not only its frames.
+    container's own duration and index are then right, not only its frames. A part that
+    vanishes midway was finalized by another job (claims make that rare, not impossible: a
+    reconcile from another process, an operator): that is not an error of this one.
     """
+    try:
+        return _finalize_segment(
+            index,
+            stream_id,
+            part,
+            fmt=fmt,
+            start_time=start_time,
+            reason=reason,
+            frames=frames,
+            clean=clean,
+            max_duration=max_duration,
+        )
+    except FileNotFoundError:
+        if part.exists():
+            raise  # something else is missing (the directory of the final name): a real error
+        log.info("[%s] %s was finalized by another job meanwhile", stream_id, part.name)
+        return FinalizeResult(None)
+
+
+def _finalize_segment(
+    index: SegmentIndex | None,
+    stream_id: str,
+    part: Path,
+    *,
+    fmt: str,
+    start_time: float | None,
+    reason: CloseReason,
+    frames: int | None,
+    clean: bool,
+    max_duration: float | None,
+) -> FinalizeResult:
     try:
         size = part.stat().st_size
     except FileNotFoundError:
@@ -507,6 +580,9 @@ def finalize_segment(
         part.unlink(missing_ok=True)  # opened as the stream died: holds nothing
         return FinalizeResult(None)
     checked = scan(part)
+    _still_there(part)
+    if checked.unreadable:
+        raise SegmentUnreadableError(f"cannot read {part.name}: {checked.error}")
     if not checked.playable:
         log.warning(
             "[%s] segment %s holds no playable frame (%s): removed", stream_id, part.name, checked.error
@@ -519,6 +595,8 @@ def finalize_segment(
         fixed = _repair(stream_id, part, final, fmt)
         if fixed is not None:
             checked, repaired = fixed, True
+        else:
+            _still_there(part)
     if not repaired:
         _fsync(part)
         os.rename(part, final)
@@ -579,16 +657,28 @@ def _repair(stream_id: str, part: Path, final: Path, fmt: str) -> MediaScan | No
     try:
         copied = remux(part, temporary, fmt)
         checked = scan(temporary) if copied.frames else copied
+        if checked.unreadable:
+            raise SegmentUnreadableError(f"cannot remux {part.name}: {checked.error}")
         if not checked.clean:
             raise RuntimeError(checked.error or "remuxed file does not play")
         _fsync(temporary)
+        _still_there(part)  # another job finalized it meanwhile: never replace its file
         os.rename(temporary, final)
-        part.unlink()
+        part.unlink(missing_ok=True)
         return checked
     except Exception as exc:
-        log.warning("[%s] cannot remux %s (%s): kept as written", stream_id, part.name, exc)
         temporary.unlink(missing_ok=True)
+        if isinstance(exc, SegmentUnreadableError):
+            raise  # not the file's fault: keep it as .part for a later try, unrenamed
+        if part.exists():
+            log.warning("[%s] cannot remux %s (%s): kept as written", stream_id, part.name, exc)
         return None
+
+
+def _still_there(part: Path) -> None:
+    """A GStreamer pass reads a vanished file as an error: tell that apart from a broken file."""
+    if not part.exists():
+        raise FileNotFoundError(2, "finalized elsewhere", str(part))
 
 
 def _fsync(path: Path) -> None:
@@ -633,6 +723,8 @@ class RecordingService:
         self._check_running = False
         self._unindexed: list[tuple[str, SegmentRecord]] = []  # rows the index refused (disk full)
         self._unindexed_lock = threading.Lock()
+        self._claims: dict[str, SegmentClaims] = {}  # by stream id, across recorders (see SegmentClaims)
+        self._claims_lock = threading.Lock()
         self._closing = False
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -678,6 +770,41 @@ class RecordingService:
             self._recorders[stream_id] = recorder
             self.maintenance.submit(lambda: self.reconcile(stream_id, record, recorder.open_paths))
         return recorder
+
+    # -- claims (any thread) ---------------------------------------------------------------------------
+    def hold_claims(self, stream_id: str) -> SegmentClaims:
+        """The stream id's claims, shared with any earlier recorder whose files are still closing."""
+        with self._claims_lock:
+            claims = self._claims.setdefault(stream_id, SegmentClaims())
+            claims.users += 1
+            return claims
+
+    def drop_claims(self, stream_id: str, claims: SegmentClaims) -> None:
+        """A recorder is gone; its claims stay until its last segment is finalized."""
+        with self._claims_lock:
+            claims.users -= 1
+            self._prune_claims(stream_id, claims)
+
+    def release_claims(self, stream_id: str, claims: SegmentClaims, paths: tuple[str, ...]) -> None:
+        with self._claims_lock:
+            with claims.lock:
+                claims.paths.difference_update(paths)
+            self._prune_claims(stream_id, claims)
+
+    def _prune_claims(self, stream_id: str, claims: SegmentClaims) -> None:
+        with claims.lock:
+            unused = claims.users <= 0 and not claims.paths
+        if unused and self._claims.get(stream_id) is claims:
+            del self._claims[stream_id]
+
+    def open_paths(self, stream_id: str) -> set[str]:
+        """Paths of the stream id that any branch, current or removed, still writes or finalizes."""
+        with self._claims_lock:
+            claims = self._claims.get(stream_id)
+        if claims is None:
+            return set()
+        with claims.lock:
+            return set(claims.paths)
 
     def reconcile_soon(
         self, stream_id: str, record: RecordConfig, open_paths: Callable[[], set[str]]
@@ -805,6 +932,11 @@ class RecordingService:
         lost index is rebuilt); rows whose file is gone are removed.
         """
         counts = {"recovered": 0, "reindexed": 0, "removed_rows": 0, "unplayable": 0}
+
+        def is_open(path: str) -> bool:
+            # Any branch of this stream id, including one of a removed-and-re-added stream.
+            return path in open_paths() or path in self.open_paths(stream_id)
+
         index = self.index_for(record.dir)
         base = Path(record.dir)
         if index is None or not base.is_dir():
@@ -817,7 +949,7 @@ class RecordingService:
             relative = path.relative_to(base).as_posix()
             match = pattern.match(relative)
             if relative.endswith(REMUX_SUFFIX) and pattern.match(relative.removesuffix(REMUX_SUFFIX)):
-                if str(path).removesuffix(REMUX_SUFFIX) not in open_paths():
+                if not is_open(str(path).removesuffix(REMUX_SUFFIX)):
                     path.unlink(missing_ok=True)  # a remux cut short by a crash; its source is still there
             elif match is not None:
                 (parts if match.group("part") else finals).append(path)
@@ -826,19 +958,23 @@ class RecordingService:
                 return counts
             # Claimed before the file exists, released after the rename: a part that exists and
             # is unclaimed is a leftover, never the file being written.
-            if str(part) in open_paths() or not part.exists():
+            if is_open(str(part)) or not part.exists():
                 continue
             name = parse_segment_name(record.file_template, stream_id, part.relative_to(base).as_posix())
-            result = finalize_segment(
-                index,
-                stream_id,
-                part,
-                fmt=name.ext if name else record.format.value,
-                start_time=name.start.timestamp() if name and name.start else None,
-                reason=CloseReason.CRASH_RECOVERED,
-                frames=None,
-                clean=False,
-            )
+            try:
+                result = finalize_segment(
+                    index,
+                    stream_id,
+                    part,
+                    fmt=name.ext if name else record.format.value,
+                    start_time=name.start.timestamp() if name and name.start else None,
+                    reason=CloseReason.CRASH_RECOVERED,
+                    frames=None,
+                    clean=False,
+                )
+            except OSError as exc:  # kept as it is; the next reconcile tries again
+                log.error("[%s] cannot recover %s: %s", stream_id, part.name, exc)
+                continue
             if result.record is not None:
                 counts["recovered"] += 1
                 log.warning("[%s] recovered %s left by a crash", stream_id, Path(result.record.path).name)
@@ -849,7 +985,7 @@ class RecordingService:
         for final in sorted(finals):
             if self._closing:
                 return counts
-            if str(final) in known or str(final) in open_paths() or not final.exists():
+            if str(final) in known or is_open(str(final)) or not final.exists():
                 continue
             record_row = self._reindex(index, stream_id, record, base, final)
             counts["reindexed" if record_row else "unplayable"] += 1

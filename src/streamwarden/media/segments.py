@@ -8,6 +8,11 @@ never used here (it is the tests' independent judge only).
 plays to the end, and gives frame count and duration. ``remux`` rewrites a file that was
 cut off (a crash, a write error) into a properly closed one: MKV gets its duration and
 cues, MP4 its index.
+
+A pass that could not open or read its file at all (a resource error before any frame: out of
+descriptors, permissions) says so in ``MediaScan.unreadable``: that is no verdict on the file,
+and callers must not delete it for "holding no frame". Bus waits go through ``BusWaiter``,
+which stays bounded when the bus was created out of descriptors and cannot block.
 """
 
 from __future__ import annotations
@@ -19,13 +24,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamwarden.media.gst import Gst
+from streamwarden.media.buswait import BusWaiter
+from streamwarden.media.gst import GLib, Gst
 
 __all__ = ["MediaScan", "remux", "scan"]
 
 log = logging.getLogger(__name__)
 
 _MUXERS = {"mkv": "matroskamux", "mp4": "mp4mux"}
+# Our own files are read with their container's demuxer, not parsebin: parsebin drops an error
+# its demuxer posts while being plugged (seen with a header-only MP4 left by a SIGKILL, about 1
+# run in 6 with other pipelines starting), and the pass then waits for its whole timeout.
+_DEMUXERS = {"mkv": "matroskademux", "mp4": "qtdemux"}
+_TEMPORARY_SUFFIX = ".remux"
+_RESOURCE_DOMAIN = "gst-resource-error-quark"
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,7 @@ class MediaScan:
     duration: float  # seconds from the first frame's start to the last frame's end
     error: str | None  # the first error, if any (frames before it were read)
     caps: str | None = None
+    unreadable: bool = False  # a resource error before any frame: the file was never really read
 
     @property
     def playable(self) -> bool:
@@ -80,42 +93,62 @@ def _make(factory: str, name: str | None = None) -> Gst.Element:
     return element
 
 
-def _run(pipeline: Gst.Pipeline, timeout: float, on_error: Callable[[], bool] | None = None) -> str | None:
-    """PLAYING until EOS; returns the first error's text, or None.
+@dataclass
+class _Outcome:
+    error: str | None = None
+    resource: bool = False  # the first error came from the resource domain (open, read, write)
+
+
+def _run(pipeline: Gst.Pipeline, timeout: float, on_error: Callable[[], bool] | None = None) -> _Outcome:
+    """PLAYING until EOS; returns the first error, if any.
 
     ``on_error`` answers an error upstream (a truncated file) by sending EOS into the muxer,
     so it still writes a finished file from what was read; it returns False when it cannot.
     """
-    bus = pipeline.get_bus()
-    first_error: str | None = None
+    outcome = _Outcome()
+    # Before PLAYING: on a bus made out of descriptors only a sync handler sees the errors.
+    waiter = BusWaiter(pipeline.get_bus(), Gst.MessageType.EOS | Gst.MessageType.ERROR)
     eos_sent = False
     try:
         if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
-            message = bus.pop_filtered(Gst.MessageType.ERROR)
-            if message is not None:
-                return str(message.parse_error()[0].message)
-            return "cannot start the pipeline"
+            message = waiter.pop(time.monotonic())
+            if message is not None and message.type == Gst.MessageType.ERROR:
+                _note_error(outcome, message)
+            else:  # elements fail to start on an open or a thread: not the file's fault
+                outcome.error, outcome.resource = "cannot start the pipeline", True
+            return outcome
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return first_error or f"timed out after {timeout:.0f} s"
-            message = bus.timed_pop_filtered(
-                int(min(remaining, 0.5) * Gst.SECOND), Gst.MessageType.EOS | Gst.MessageType.ERROR
-            )
+            message = waiter.pop(deadline)
             if message is None:
-                continue
+                outcome.error = outcome.error or f"timed out after {timeout:.0f} s"
+                return outcome
             if message.type == Gst.MessageType.EOS:
-                return first_error
-            error, _debug = message.parse_error()
-            if first_error is None:
-                first_error = str(error.message)
-            if on_error is None or eos_sent or not on_error():
-                return first_error
+                return outcome
+            first = outcome.error is None
+            _note_error(outcome, message)
+            if not first or on_error is None or eos_sent or not on_error():
+                return outcome
             eos_sent = True
             deadline = min(deadline, time.monotonic() + 5.0)
     finally:
         pipeline.set_state(Gst.State.NULL)
+        waiter.close()
+
+
+def _note_error(outcome: _Outcome, message: Gst.Message) -> None:
+    if outcome.error is not None:
+        return
+    error, _debug = message.parse_error()
+    outcome.error = str(error.message)
+    domain = error.domain if isinstance(error.domain, str) else GLib.quark_to_string(error.domain)
+    outcome.resource = domain == _RESOURCE_DOMAIN
+
+
+def _reader(path: str | Path) -> Gst.Element:
+    """The container's demuxer, from the name (``x.part.mkv``, ``x.mkv.remux``); else parsebin."""
+    ext = Path(str(path).removesuffix(_TEMPORARY_SUFFIX)).suffix.lstrip(".")
+    return _make(_DEMUXERS.get(ext, "parsebin"))
 
 
 def scan(path: str | Path, timeout: float = 60.0) -> MediaScan:
@@ -123,7 +156,7 @@ def scan(path: str | Path, timeout: float = 60.0) -> MediaScan:
     pipeline = Gst.Pipeline.new("segment-scan")
     source = _make("filesrc")
     source.set_property("location", str(path))
-    parse = _make("parsebin")
+    parse = _reader(path)
     sink = _make("fakesink")
     sink.set_property("sync", False)
     sink.set_property("async", False)
@@ -145,10 +178,17 @@ def scan(path: str | Path, timeout: float = 60.0) -> MediaScan:
             pad.link(sink_pad)
 
     parse.connect("pad-added", _pad_added)
-    error = _run(pipeline, timeout)
+    outcome = _run(pipeline, timeout)
+    error = outcome.error
     if not linked.is_set() and error is None:
         error = "no video stream"
-    return MediaScan(frames=counter.frames, duration=counter.duration, error=error, caps=counter.caps)
+    return MediaScan(
+        frames=counter.frames,
+        duration=counter.duration,
+        error=error,
+        caps=counter.caps,
+        unreadable=outcome.resource and counter.frames == 0,
+    )
 
 
 def remux(source_path: str | Path, target_path: str | Path, fmt: str, timeout: float = 120.0) -> MediaScan:
@@ -159,7 +199,7 @@ def remux(source_path: str | Path, target_path: str | Path, fmt: str, timeout: f
     pipeline = Gst.Pipeline.new("segment-remux")
     source = _make("filesrc")
     source.set_property("location", str(source_path))
-    parse = _make("parsebin")
+    parse = _reader(source_path)
     muxer = _make(_MUXERS[fmt])
     sink = _make("filesink")
     sink.set_property("location", str(target_path))
@@ -190,7 +230,14 @@ def remux(source_path: str | Path, target_path: str | Path, fmt: str, timeout: f
     def _finish_muxer() -> bool:
         return bool(mux_pad and mux_pad[0].send_event(Gst.Event.new_eos()))
 
-    error = _run(pipeline, timeout, on_error=_finish_muxer)
+    outcome = _run(pipeline, timeout, on_error=_finish_muxer)
+    error = outcome.error
     if not mux_pad:
         error = error or "no video stream"
-    return MediaScan(frames=counter.frames, duration=counter.duration, error=error, caps=counter.caps)
+    return MediaScan(
+        frames=counter.frames,
+        duration=counter.duration,
+        error=error,
+        caps=counter.caps,
+        unreadable=outcome.resource and counter.frames == 0,
+    )

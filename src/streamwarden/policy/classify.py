@@ -181,6 +181,11 @@ DEFAULT_RULES: tuple[Rule, ...] = (
          reason=_TIMEOUT_REASON),
     Rule("eos", _N, _T, Action.BACKOFF, kind="eos",
          reason="source ended (EOS on a live source is a disconnect)"),
+    # Out of descriptors, whichever element or bus met it first; before the GError-code rows,
+    # which would call filesrc's EMFILE "cannot open the source" and rtspsrc's a network error.
+    Rule("out_of_descriptors", _R, _T, Action.BACKOFF, kind="error",
+         message=r"too many open files|\bE[MN]FILE\b",
+         reason="too many open files (the process ran out of file descriptors)"),
     # -- warnings that matter (all other warnings fall back to IGNORE) --
     Rule("udp_fallback_to_tcp", _N, _T, Action.IGNORE, kind="warning",
          message=r"Could not receive any UDP packets", reason="no UDP packets; rtspsrc retries over TCP"),
