@@ -12,6 +12,14 @@ probe on the queue's sink pad therefore drops every buffer once the queue's src 
 seen a flow error (or the branch was marked failed), before the queue's chain runs; the
 owner then takes the branch out of the running pipeline and retries with a fresh one.
 
+Audio, when the source has it: ``audio tee ! queue ! splitmuxsink.audio_0``, requested before
+the first buffer (muxers take no pad later). Video stays the reference: segments still start on
+a keyframe and the frame counts are video frames. G.711 does not fit MP4 (mp4mux refuses it):
+for MP4 with G.711 the muxer is qtmux, a QuickTime file under the .mp4 name. The audio queue has
+no per-buffer probe; the entry guard is installed by a synchronous bus handler when an element
+inside the branch posts an ERROR, before the flow error can travel back into the audio tee.
+Audio before the first video keyframe is muxed as it comes (splitmuxsink cuts on the video).
+
 Threads: ``attach``/``detach``/``on_message`` run on the loop thread; the probes and
 ``format-location-full`` on streaming threads (counters and a path only); ``finish`` and
 ``disposed`` on the pipeline's disposal thread. A branch leaving a running pipeline sets its
@@ -32,9 +40,10 @@ from pathlib import Path
 from typing import Protocol
 
 from streamwarden.config import RecordConfig, RecordFormat
+from streamwarden.media.audio import AudioTap, accepts
 from streamwarden.media.gst import GLib, Gst
 from streamwarden.media.loop import LoopThread
-from streamwarden.media.pipeline import add_chain, inside, make_element, pad_of
+from streamwarden.media.pipeline import inside, make_element, pad_of
 from streamwarden.recording.index import CloseReason
 from streamwarden.recording.naming import render_template
 
@@ -126,14 +135,21 @@ class RecorderBranch:
         self._queue: Gst.Element | None = None
         self._split: Gst.Element | None = None
         self._queue_src: Gst.Pad | None = None
+        self._audio_queue: Gst.Element | None = None
+        self._audio_tee: Gst.Element | None = None
+        self._audio_tee_pad: Gst.Pad | None = None
+        self._audio_guard = 0  # the drop probe on the audio queue once the branch failed
+        self.audio_codec: str | None = None  # what this branch records besides video
         self._detach_timer: GLib.Source | None = None
         # Probes and signal handlers hold this object from C: cut once NULL (see _cut_cycles).
         self._probes: list[tuple[Gst.Pad, int]] = []
-        self._handlers: list[tuple[Gst.Element, int]] = []
+        self._handlers: list[tuple[Gst.Object, int]] = []
+        self._sync_bus: Gst.Bus | None = None
 
     # -- construction (loop thread) --------------------------------------------------------
-    def attach(self, pipeline: Gst.Pipeline, tee: Gst.Element) -> None:
-        """Build and link; into a pipeline that is already running when recording restarts."""
+    def attach(self, pipeline: Gst.Pipeline, tee: Gst.Element, audio: AudioTap | None = None) -> None:
+        """Build and link; the pipeline is running (the source announced its tracks, or
+        recording restarts); data may already reach ``tee`` in the latter case."""
         suffix = f"-{self.serial}" if self.serial else ""
         queue = make_element("queue", f"record-queue{suffix}")
         queue.set_property("max-size-time", 5 * Gst.SECOND)
@@ -146,11 +162,10 @@ class RecorderBranch:
             split.set_property("max-size-bytes", self.record.segment_bytes)
         # Instances (not factory names + properties): 1.22 ignores muxer-properties unless
         # async-finalize is on; they must be set before the sink pad is linked.
-        if self.record.format == RecordFormat.MP4:
-            muxer = make_element("mp4mux")
+        muxer_name = self._muxer_for(audio)
+        muxer = make_element(muxer_name)
+        if muxer_name != "matroskamux":
             muxer.set_property("fragment-duration", 1000)  # playable after a crash
-        else:
-            muxer = make_element("matroskamux")
         sink = make_element("filesink")
         sink.set_property("buffer-mode", 2)  # unbuffered: a SIGKILL loses no buffered bytes
         sink.set_property("async", False)
@@ -162,22 +177,82 @@ class RecorderBranch:
         self._queue_src = pad_of(queue, "src")
         self._probes.append((queue_sink, queue_sink.add_probe(Gst.PadProbeType.BUFFER, self._on_entry)))
         self._pipeline, self._tee, self._queue, self._split = pipeline, tee, queue, split
-        _result, current, pending = pipeline.get_state(0)
-        if current == Gst.State.NULL and pending in (Gst.State.VOID_PENDING, Gst.State.NULL):
-            add_chain(pipeline, tee, [queue, split])
-        else:
-            # Running: the elements must be PLAYING before the tee pushes into them (a flushing
-            # pad would hand FLUSHING back to the tee and stop the ingest).
-            pipeline.add(queue)
-            pipeline.add(split)
-            if not queue.link(split):
-                raise RuntimeError("cannot link record queue to splitmuxsink")
-            split.sync_state_with_parent()
-            queue.sync_state_with_parent()
-            tee_pad = tee.request_pad_simple("src_%u")
-            if tee_pad is None or tee_pad.link(queue_sink) != Gst.PadLinkReturn.OK:
-                raise RuntimeError("cannot link the tee to the record queue")
+        # Linked inside the pipeline (adding an element to a bin unlinks it), and the video pad by
+        # name before any audio pad exists: Element.link would pick the free audio pad.
+        pipeline.add(split)
+        pipeline.add(queue)
+        if not queue.link_pads("src", split, "video"):
+            raise RuntimeError("cannot link record queue to splitmuxsink")
+        audio_queue = self._audio_chain(pipeline, split, muxer_name, audio, suffix)
+        # The pipeline runs (tracks announced, or recording restarted): the elements must take
+        # its state before the tee pushes into them (a flushing pad would hand FLUSHING back to
+        # the tee and stop the ingest).
+        for element in (split, queue, audio_queue):
+            if element is not None:
+                element.sync_state_with_parent()
+        if not tee.link(queue):
+            raise RuntimeError("cannot link the tee to the record queue")
+        if audio is not None and audio_queue is not None and not audio.tee.link(audio_queue):
+            raise RuntimeError("cannot link the audio tee to the record audio queue")
         self._tee_pad = queue_sink.get_peer()
+        if audio is not None and audio_queue is not None:
+            self._audio_tee = audio.tee
+            self._audio_tee_pad = pad_of(audio_queue, "sink").get_peer()
+
+    def _muxer_for(self, audio: AudioTap | None) -> str:
+        if self.record.format != RecordFormat.MP4:
+            return "matroskamux"
+        caps = audio.track.caps if audio is not None else None
+        if caps is not None and not accepts("mp4mux", "audio_%u", caps):
+            return "qtmux" if accepts("qtmux", "audio_%u", caps) else "mp4mux"  # G.711: QuickTime only
+        return "mp4mux"
+
+    def _audio_chain(
+        self, pipeline: Gst.Pipeline, split: Gst.Element, muxer: str, audio: AudioTap | None, suffix: str
+    ) -> Gst.Element | None:
+        """The audio queue, linked to a new splitmuxsink audio pad; None: video only."""
+        if audio is None:
+            return None
+        codec = audio.track.codec
+        if not accepts(muxer, "audio_%u", audio.track.caps):
+            log.warning("[%s] %s cannot hold %s audio: recording video only", self.stream_id, muxer, codec)
+            return None
+        queue = make_element("queue", f"record-audio-queue{suffix}")
+        queue.set_property("max-size-time", 5 * Gst.SECOND)
+        queue.set_property("max-size-buffers", 0)
+        queue.set_property("max-size-bytes", 0)
+        queue.set_property("leaky", 2)
+        split_pad = split.request_pad_simple("audio_%u")
+        if split_pad is None:
+            log.warning("[%s] splitmuxsink gave no audio pad: recording video only", self.stream_id)
+            return None
+        pipeline.add(queue)
+        if not queue.link_pads("src", split, split_pad.get_name()):
+            pipeline.remove(queue)
+            split.release_request_pad(split_pad)
+            log.warning("[%s] cannot link the audio queue to splitmuxsink: video only", self.stream_id)
+            return None
+        self._audio_queue = queue
+        self.audio_codec = codec
+        # Synchronous: runs on the thread that posts the error, before the error flow returns.
+        bus = pipeline.get_bus()
+        bus.enable_sync_message_emission()
+        self._sync_bus = bus
+        self._handlers.append((bus, bus.connect("sync-message::error", self._on_sync_error)))
+        return queue
+
+    def _on_sync_error(self, _bus: Gst.Bus, message: Gst.Message) -> None:
+        # The posting element's streaming thread. An element of this branch failed: from now on
+        # the audio queue drops what the audio tee pushes, so the flow error that follows cannot
+        # reach the tee (tee returns any error upstream, into rtspsrc or the demuxer).
+        if message.src is None or not self.owns(message.src):
+            return
+        self.failed = True
+        queue = self._audio_queue
+        if queue is not None and not self._audio_guard:
+            self._audio_guard = pad_of(queue, "sink").add_probe(
+                Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, _drop
+            )
 
     # -- streaming threads ------------------------------------------------------------------
     def _on_entry(self, _pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
@@ -201,7 +276,8 @@ class RecorderBranch:
         return Gst.PadProbeReturn.OK
 
     def _on_muxer_pad(self, _muxer: Gst.Element, pad: Gst.Pad) -> None:
-        if pad.get_direction() == Gst.PadDirection.SINK:
+        # Frames are video frames: the audio pad is not counted.
+        if pad.get_direction() == Gst.PadDirection.SINK and (pad.get_name() or "").startswith("video"):
             kinds = Gst.PadProbeType.BUFFER | Gst.PadProbeType.EVENT_DOWNSTREAM
             self._probes.append((pad, pad.add_probe(kinds, self._on_muxed)))
 
@@ -232,7 +308,8 @@ class RecorderBranch:
 
     # -- bus messages (loop thread) ----------------------------------------------------------
     def owns(self, element: Gst.Object) -> bool:
-        return any(e is not None and inside(element, e) for e in (self._split, self._queue))
+        mine = (self._split, self._queue, self._audio_queue)
+        return any(e is not None and inside(element, e) for e in mine)
 
     def on_message(self, message: Gst.Message) -> None:
         kind = message.type
@@ -261,7 +338,8 @@ class RecorderBranch:
 
     def _write_side(self, message: Gst.Message) -> bool:
         # The queue's "Internal data stream error" after a sink failure is the same write failure.
-        return message.src is not None and self._queue is not None and inside(message.src, self._queue)
+        queues = (self._queue, self._audio_queue)
+        return message.src is not None and any(q is not None and inside(message.src, q) for q in queues)
 
     def _segment(self, location: str) -> OpenSegment | None:
         with self._lock:
@@ -307,8 +385,25 @@ class RecorderBranch:
             self._loop.schedule(self._release_tee_pad)
             return Gst.PadProbeReturn.REMOVE
 
+        self._detach_audio(drain)
         tee_pad.add_probe(Gst.PadProbeType.IDLE, _unlink)
         self._detach_timer = self._loop.timeout(DETACH_TIMEOUT, self._detach_timed_out)
+
+    def _detach_audio(self, drain: bool) -> None:
+        """Unlink the audio queue from the audio tee and end its track (splitmuxsink closes a
+        segment only once every track has had EOS)."""
+        audio_queue, audio_tee_pad = self._audio_queue, self._audio_tee_pad
+        if audio_queue is None or audio_tee_pad is None:
+            return
+        audio_sink = pad_of(audio_queue, "sink")
+
+        def _unlink_audio(pad: Gst.Pad, _info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+            pad.unlink(audio_sink)
+            if drain:
+                audio_sink.send_event(Gst.Event.new_eos())
+            return Gst.PadProbeReturn.REMOVE
+
+        audio_tee_pad.add_probe(Gst.PadProbeType.IDLE, _unlink_audio)
 
     def _detach_timed_out(self) -> bool:
         self._detach_timer = None
@@ -322,6 +417,14 @@ class RecorderBranch:
         self._tee_pad = None
         if tee is not None and pad is not None and not self.attempt_ended:
             tee.release_request_pad(pad)
+        audio_tee, audio_pad = self._audio_tee, self._audio_tee_pad
+        self._audio_tee_pad = None
+        if audio_tee is not None and audio_pad is not None and not self.attempt_ended:
+            if audio_pad.is_linked():  # the IDLE probe has not run: nothing flows here any more
+                peer = audio_pad.get_peer()
+                if peer is not None:
+                    audio_pad.unlink(peer)
+            audio_tee.release_request_pad(audio_pad)
 
     def _complete_detach(self) -> None:
         """NULL off the loop thread (a writer stuck in write() must not freeze every stream),
@@ -333,7 +436,7 @@ class RecorderBranch:
             self._detach_timer = None
         self._release_tee_pad()
         self.state = BranchState.DONE
-        elements = [e for e in (self._queue, self._split) if e is not None]
+        elements = [e for e in (self._queue, self._audio_queue, self._split) if e is not None]
 
         pipeline = self._pipeline
 
@@ -365,6 +468,8 @@ class RecorderBranch:
             return
         self._eos_sent = True
         pad_of(self._queue, "sink").send_event(Gst.Event.new_eos())
+        if self._audio_queue is not None:
+            pad_of(self._audio_queue, "sink").send_event(Gst.Event.new_eos())
         while time.monotonic() < deadline:
             message = bus.timed_pop_filtered(
                 100 * Gst.MSECOND, Gst.MessageType.ELEMENT | Gst.MessageType.ERROR
@@ -406,9 +511,17 @@ class RecorderBranch:
             pad.remove_probe(probe_id)
         for element, handler_id in handlers:
             element.disconnect(handler_id)
+        if self._sync_bus is not None:
+            self._sync_bus.disable_sync_message_emission()
+            self._sync_bus = None
+        if self._audio_queue is not None and self._audio_guard:
+            pad_of(self._audio_queue, "sink").remove_probe(self._audio_guard)
+            self._audio_guard = 0
         self._pipeline = None
         self._tee = None
         self._tee_pad = None  # a detach's IDLE probe that never fired holds this branch too
+        self._audio_tee = None
+        self._audio_tee_pad = None
 
     def _hand_off_remaining(self) -> None:
         """After NULL every file is closed: hand over those no close message announced."""
@@ -427,6 +540,10 @@ class RecorderBranch:
     @property
     def frames_muxed(self) -> int:
         return sum(self._mux_counts.values())
+
+
+def _drop(_pad: Gst.Pad, _info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+    return Gst.PadProbeReturn.DROP
 
 
 def _wall_time_of(element: Gst.Element, sample: Gst.Sample | None) -> float:

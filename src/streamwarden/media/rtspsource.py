@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from streamwarden.media.audio import AudioTrack, OnTracks
 from streamwarden.media.gst import GLib, Gst
 from streamwarden.media.weakcb import weak_callback
 
@@ -33,10 +34,14 @@ class RtspSourceBin(Gst.Bin):
         latency_ms: int = 200,
         timeout_seconds: float = 10.0,
         name: str | None = None,
+        on_tracks: OnTracks | None = None,
     ) -> None:
         super().__init__(name=name)
         self._schedule = schedule
+        self._on_tracks = on_tracks
         self.codec: str | None = None
+        self.audio: AudioTrack | None = None
+        self.audio_elements: list[Gst.Element] = []
         self._video_linked = False
         self.src_pad = Gst.GhostPad.new_no_target("src", Gst.PadDirection.SRC)
         self.add_pad(self.src_pad)
@@ -98,6 +103,8 @@ class RtspSourceBin(Gst.Bin):
         if result != Gst.PadLinkReturn.OK:
             self._post_codec_error(f"cannot link RTSP pad: {result.value_nick}")
         self.codec = codec
+        if self._on_tracks is not None:
+            self._on_tracks(None)
         pad.remove_probe(probe_id)
         log.debug("[%s] linked %s video", self.get_name(), codec)
 

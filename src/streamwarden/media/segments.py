@@ -5,9 +5,10 @@ call them from the recording worker threads, never from the engine's loop thread
 never used here (it is the tests' independent judge only).
 
 ``scan`` demuxes a whole file as fast as it can (no clock): it proves the file opens and
-plays to the end, and gives frame count and duration. ``remux`` rewrites a file that was
+plays to the end, and gives (video) frame count and duration. ``remux`` rewrites a file that was
 cut off (a crash, a write error) into a properly closed one: MKV gets its duration and
-cues, MP4 its index.
+cues, MP4 its index; the audio track, if any, is carried along (QuickTime files, the recorder's
+MP4 with G.711, stay QuickTime).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamwarden.media.audio import audio_codec_of
 from streamwarden.media.gst import Gst
 
 __all__ = ["MediaScan", "remux", "scan"]
@@ -151,6 +153,16 @@ def scan(path: str | Path, timeout: float = 60.0) -> MediaScan:
     return MediaScan(frames=counter.frames, duration=counter.duration, error=error, caps=counter.caps)
 
 
+def _is_quicktime(path: str | Path) -> bool:
+    """A QuickTime (not ISO MP4) file: its ``ftyp`` major brand is ``qt  ``."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] == b"qt  "
+
+
 def remux(source_path: str | Path, target_path: str | Path, fmt: str, timeout: float = 120.0) -> MediaScan:
     """Rewrite ``source_path`` into a finished ``fmt`` file at ``target_path`` (pass-through).
 
@@ -160,7 +172,7 @@ def remux(source_path: str | Path, target_path: str | Path, fmt: str, timeout: f
     source = _make("filesrc")
     source.set_property("location", str(source_path))
     parse = _make("parsebin")
-    muxer = _make(_MUXERS[fmt])
+    muxer = _make("qtmux" if fmt == "mp4" and _is_quicktime(source_path) else _MUXERS[fmt])
     sink = _make("filesink")
     sink.set_property("location", str(target_path))
     sink.set_property("async", False)
@@ -169,26 +181,52 @@ def remux(source_path: str | Path, target_path: str | Path, fmt: str, timeout: f
     source.link(parse)
     muxer.link(sink)
     counter = _VideoCounter()
-    mux_pad: list[Gst.Pad] = []
+    mux_pad: list[Gst.Pad] = []  # the entry (queue sink) of each track carried, video first
+    audio_pad: list[Gst.Pad] = []
+
+    def _through_queue(pad: Gst.Pad, template: str) -> Gst.Pad | None:
+        # A queue per track: the demuxer pushes every track from one thread, and the muxer holds
+        # one track's buffer until the others have data (a deadlock without a queue between).
+        target = muxer.request_pad_simple(template)
+        if target is None:
+            return None
+        queue = _make("queue")
+        for limit in ("max-size-buffers", "max-size-bytes", "max-size-time"):
+            queue.set_property(limit, 0)
+        pipeline.add(queue)
+        queue_sink = queue.get_static_pad("sink")
+        assert queue_sink is not None
+        linked = queue.link_pads("src", muxer, target.get_name()) and (
+            Gst.Pad.link_full(pad, queue_sink, Gst.PadLinkCheck.DEFAULT) == Gst.PadLinkReturn.OK
+        )
+        queue.sync_state_with_parent()
+        return queue_sink if linked else None
 
     def _pad_added(_element: Gst.Element, pad: Gst.Pad) -> None:
+        # parsebin's streaming thread, in this private pipeline's start-up.
         caps = pad.get_current_caps() or pad.query_caps(None)
         name = caps.get_structure(0).get_name() if caps is not None and caps.get_size() else ""
+        if audio_codec_of(caps) is not None and not audio_pad:
+            entry = _through_queue(pad, "audio_%u")
+            if entry is None:
+                log.warning("remux %s: %s cannot take its %s audio: dropped", source_path, fmt, name)
+            else:
+                audio_pad.append(entry)
         if not name.startswith("video/") or mux_pad:
-            return
-        target = muxer.request_pad_simple("video_%u")
-        if target is None:
-            log.warning("remux %s: %s cannot take %s", source_path, fmt, name)
             return
         counter.caps = caps.to_string() if caps is not None else None
         pad.add_probe(Gst.PadProbeType.BUFFER, counter.probe)
-        if pad.link(target) == Gst.PadLinkReturn.OK:
-            mux_pad.append(target)
+        entry = _through_queue(pad, "video_%u")
+        if entry is None:
+            log.warning("remux %s: %s cannot take %s", source_path, fmt, name)
+        else:
+            mux_pad.append(entry)
 
     parse.connect("pad-added", _pad_added)
 
     def _finish_muxer() -> bool:
-        return bool(mux_pad and mux_pad[0].send_event(Gst.Event.new_eos()))
+        ended = [p.send_event(Gst.Event.new_eos()) for p in (*mux_pad, *audio_pad)]
+        return bool(mux_pad) and all(ended)
 
     error = _run(pipeline, timeout, on_error=_finish_muxer)
     if not mux_pad:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from streamwarden.media.audio import AudioTap
 from streamwarden.media.gst import Gst
 from streamwarden.media.pipeline import add_chain, inside, make_element
 
@@ -463,7 +464,7 @@ class ServeBranch:
         self._sink: Gst.Element | None = None
         self._failed = False
 
-    def attach(self, pipeline: Gst.Pipeline, tee: Gst.Element) -> None:
+    def attach(self, pipeline: Gst.Pipeline, tee: Gst.Element, audio: AudioTap | None = None) -> None:
         queue = make_element("queue", "serve-queue")
         queue.set_property("max-size-buffers", 0)
         queue.set_property("max-size-bytes", 0)

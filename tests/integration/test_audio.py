@@ -1,0 +1,133 @@
+"""Audio carried through, untouched: file and RTSP sources into recordings and the RTSP re-serve.
+
+Judged by ffprobe/ffmpeg as outside tools: each recorded segment must hold a decodable audio
+stream of the source's codec, about as long as its video; the served stream must offer it too.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamwarden.config import RecordingConfig, StreamSpec, parse_stream_spec
+from streamwarden.engine import Engine
+from streamwarden.recording.index import SegmentRecord
+from tests.helpers import count_frames, count_packets, ffprobe_json, wait_until
+from tests.integration.conftest import FAST
+
+pytestmark = pytest.mark.integration
+
+AAC_FRAME = 1024 / 48000  # seconds of audio per AAC packet at 48 kHz
+
+
+@pytest.fixture
+def rec_engine(gst_init: None) -> Iterator[Engine]:
+    with Engine(recording=RecordingConfig(check_interval_seconds=0.3)) as running:
+        yield running
+
+
+def spec_for(stream_id: str, source: dict[str, Any], **extra: Any) -> StreamSpec:
+    return parse_stream_spec({"id": stream_id, "source": source, "recovery": FAST, **extra})
+
+
+def recorder(engine: Engine, stream_id: str) -> dict[str, Any]:
+    status: dict[str, Any] | None = engine.info(stream_id)["recorder"]
+    assert status is not None
+    return status
+
+
+def finish(engine: Engine, *stream_ids: str) -> None:
+    """Stop the streams (segments close cleanly) and wait until every file is indexed."""
+    for stream_id in stream_ids:
+        engine.stop_stream(stream_id)
+    wait_until(lambda: engine.pending_disposals() == 0, 10, message="recording not finalised")
+    assert engine.recording.flush(15)
+
+
+def decode_errors(path: str, stream: str = "a:0") -> list[str]:
+    """What ffmpeg complains about while decoding one stream of ``path`` to nothing."""
+    proc = subprocess.run(
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            path,
+            "-map",
+            f"0:{stream}",
+            "-f",
+            "null",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def check_segment(segment: SegmentRecord, codec: str, packet_seconds: float | None) -> dict[str, Any]:
+    """The segment has its video and one playable audio stream of ``codec`` spanning the video."""
+    info = ffprobe_json(segment.path)
+    kinds = {s["codec_type"]: s for s in info["streams"]}
+    assert set(kinds) == {"video", "audio"}, info["streams"]
+    assert kinds["video"]["codec_name"] == "h264"
+    audio: dict[str, Any] = kinds["audio"]
+    assert audio["codec_name"] == codec, audio
+    assert count_frames(segment.path) == segment.frames  # frames stay video frames
+    packets = count_packets(segment.path)
+    duration = float(info["format"]["duration"])
+    if packet_seconds is not None:
+        # Every packet is one codec frame: together they cover the segment, give or take a GOP edge.
+        assert packets * packet_seconds == pytest.approx(duration, abs=0.3), (segment, packets)
+    else:
+        assert packets > 0
+    assert decode_errors(segment.path) == []
+    return audio
+
+
+def test_file_with_aac_records_audio_in_mkv_and_mp4(
+    rec_engine: Engine, h264_aac_mp4: Path, tmp_path: Path
+) -> None:
+    ids = {"amkv": "mkv", "amp4": "mp4"}
+    for stream_id, fmt in ids.items():
+        record = {"dir": str(tmp_path / "rec"), "format": fmt, "segment_seconds": 2}
+        rec_engine.add_stream(spec_for(stream_id, {"type": "file", "path": str(h264_aac_mp4)}, record=record))
+    wait_until(
+        lambda: all(recorder(rec_engine, i)["segments_written"] >= 2 for i in ids), 20, message="no rotation"
+    )
+    finish(rec_engine, *ids)
+    for stream_id, fmt in ids.items():
+        segments = rec_engine.segments(stream_id)
+        assert len(segments) >= 3, segments
+        for segment in segments:
+            assert Path(segment.path).suffix == f".{fmt}"
+            audio = check_segment(segment, "aac", AAC_FRAME)
+            assert (audio["sample_rate"], audio["channels"]) == ("48000", 2)
+        assert recorder(rec_engine, stream_id)["frames_dropped"] == 0
+
+
+def test_repair_of_a_cut_off_segment_keeps_its_audio(clip_dir: Path, tmp_path: Path) -> None:
+    from streamwarden.media.clip import ensure_test_clip
+    from streamwarden.media.segments import remux
+
+    whole = ensure_test_clip(clip_dir / "h264-aac.mkv", seconds=3.0, audio=True)
+    cut = tmp_path / "cut.part.mkv"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])  # as a SIGKILL leaves an unfinished segment
+    for fmt in ("mkv", "mp4"):
+        target = tmp_path / f"fixed.{fmt}"
+        copied = remux(cut, target, fmt)
+        assert copied.frames > 25, copied
+        streams = {s["codec_type"]: s["codec_name"] for s in ffprobe_json(str(target))["streams"]}
+        assert streams == {"video": "h264", "audio": "aac"}, streams
+        assert count_packets(str(target)) > 40
+        assert decode_errors(str(target)) == []
