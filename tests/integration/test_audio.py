@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from streamwarden.config import RecordingConfig, StreamSpec, parse_stream_spec
+from streamwarden.config import RecordingConfig, RtspServerConfig, StreamSpec, parse_stream_spec
 from streamwarden.engine import Engine
 from streamwarden.recording.index import SegmentRecord
+from streamwarden.state import StreamState
 from tests.helpers import count_frames, count_packets, ffprobe_json, wait_until
-from tests.integration.conftest import FAST
+from tests.integration.conftest import FAST, wait_state
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +29,20 @@ AAC_FRAME = 1024 / 48000  # seconds of audio per AAC packet at 48 kHz
 def rec_engine(gst_init: None) -> Iterator[Engine]:
     with Engine(recording=RecordingConfig(check_interval_seconds=0.3)) as running:
         yield running
+
+
+@pytest.fixture
+def serve_engine(gst_init: None) -> Iterator[Engine]:
+    """An engine that records and serves over RTSP (127.0.0.1, a free port)."""
+    with Engine(
+        recording=RecordingConfig(check_interval_seconds=0.3),
+        rtsp_server=RtspServerConfig(host="127.0.0.1", port=0),
+    ) as running:
+        yield running
+
+
+def served_url(engine: Engine, stream_id: str) -> str:
+    return f"rtsp://127.0.0.1:{engine.rtsp_port}/{stream_id}"
 
 
 def spec_for(stream_id: str, source: dict[str, Any], **extra: Any) -> StreamSpec:
@@ -72,6 +87,34 @@ def decode_errors(path: str, stream: str = "a:0") -> list[str]:
     )
     assert proc.returncode == 0, proc.stderr
     return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def read_served(url: str, target: Path, seconds: float = 4.0) -> Path:
+    """ffmpeg as an RTSP client over TCP: ``seconds`` of every stream copied into ``target``."""
+    proc = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-rtsp_transport", "tcp", "-i", url,
+         "-t", str(seconds), "-map", "0", "-c", "copy", "-y", str(target)],
+        capture_output=True, text=True, timeout=seconds + 30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return target
+
+
+def check_served(url: str, target: Path, codec: str, rate: int, packet_seconds: float | None) -> None:
+    """The served stream offers ``codec`` audio besides its video, and a client receives it."""
+    streams = {s["codec_type"]: s for s in ffprobe_json(url)["streams"]}
+    assert set(streams) == {"video", "audio"}, streams
+    assert streams["video"]["codec_name"] == "h264"
+    assert (streams["audio"]["codec_name"], int(streams["audio"]["sample_rate"])) == (codec, rate)
+    seconds = 4.0
+    read_served(url, target, seconds)
+    packets = count_packets(str(target))
+    if packet_seconds is not None:  # about all of it: a GOP's worth may go before the first keyframe
+        assert seconds - 1.5 <= packets * packet_seconds <= seconds + 0.5, packets
+    else:
+        assert packets > 0
+    assert count_frames(str(target)) >= (seconds - 1.5) * 25
+    assert decode_errors(str(target)) == []
 
 
 def check_segment(segment: SegmentRecord, codec: str, packet_seconds: float | None) -> dict[str, Any]:
@@ -131,3 +174,13 @@ def test_repair_of_a_cut_off_segment_keeps_its_audio(clip_dir: Path, tmp_path: P
         assert streams == {"video": "h264", "audio": "aac"}, streams
         assert count_packets(str(target)) > 40
         assert decode_errors(str(target)) == []
+
+
+def test_file_with_aac_is_served_over_rtsp_with_its_audio(
+    serve_engine: Engine, h264_aac_mp4: Path, tmp_path: Path
+) -> None:
+    serve_engine.add_stream(spec_for("clip", {"type": "file", "path": str(h264_aac_mp4)}, serve=True))
+    wait_state(serve_engine, "clip", StreamState.PLAYING, 15)
+    check_served(served_url(serve_engine, "clip"), tmp_path / "client.mkv", "aac", 48000, AAC_FRAME)
+    status = serve_engine.info("clip")["server"]
+    assert status["audio_codec"] == "aac" and status["audio_frames_sent"] > 0, status
