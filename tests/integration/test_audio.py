@@ -17,6 +17,7 @@ from streamwarden.config import RecordingConfig, RtspServerConfig, StreamSpec, p
 from streamwarden.engine import Engine
 from streamwarden.recording.index import SegmentRecord
 from streamwarden.state import StreamState
+from tests.conftest import CameraFactory
 from tests.helpers import count_frames, count_packets, ffprobe_json, wait_until
 from tests.integration.conftest import FAST, wait_state
 
@@ -184,3 +185,31 @@ def test_file_with_aac_is_served_over_rtsp_with_its_audio(
     check_served(served_url(serve_engine, "clip"), tmp_path / "client.mkv", "aac", 48000, AAC_FRAME)
     status = serve_engine.info("clip")["server"]
     assert status["audio_codec"] == "aac" and status["audio_frames_sent"] > 0, status
+
+
+def camera_source(uri: str) -> dict[str, Any]:
+    return {"type": "rtsp", "uri": uri, "transport": "tcp", "connect_timeout_seconds": 3}
+
+
+def record_and_serve(engine: Engine, stream_ids: dict[str, str], uri: str, tmp_path: Path) -> None:
+    """One stream per format from the same camera, each recorded in 2 s segments and served."""
+    for stream_id, fmt in stream_ids.items():
+        record = {"dir": str(tmp_path / "rec"), "format": fmt, "segment_seconds": 2}
+        engine.add_stream(spec_for(stream_id, camera_source(uri), record=record, serve=True))
+    for stream_id in stream_ids:
+        wait_state(engine, stream_id, StreamState.PLAYING, 15)
+
+
+def test_rtsp_camera_with_aac_is_recorded_and_served_with_its_audio(
+    serve_engine: Engine, camera: CameraFactory, tmp_path: Path
+) -> None:
+    cam = camera(audio="aac")
+    record_and_serve(serve_engine, {"cam": "mkv"}, cam.url(), tmp_path)
+    check_served(served_url(serve_engine, "cam"), tmp_path / "client.mkv", "aac", 48000, AAC_FRAME)
+    wait_until(lambda: recorder(serve_engine, "cam")["segments_written"] >= 2, 15, message="no rotation")
+    finish(serve_engine, "cam")
+    segments = serve_engine.segments("cam")
+    assert len(segments) >= 3, segments
+    for segment in segments:
+        audio = check_segment(segment, "aac", AAC_FRAME)
+        assert (audio["sample_rate"], audio["channels"]) == ("48000", 1)
