@@ -24,6 +24,7 @@ from tests.integration.conftest import FAST, wait_state
 pytestmark = pytest.mark.integration
 
 AAC_FRAME = 1024 / 48000  # seconds of audio per AAC packet at 48 kHz
+G711_PACKET = 0.02  # the test camera sends 20 ms of G.711 per RTP packet (stored as such)
 
 
 @pytest.fixture
@@ -213,3 +214,27 @@ def test_rtsp_camera_with_aac_is_recorded_and_served_with_its_audio(
     for segment in segments:
         audio = check_segment(segment, "aac", AAC_FRAME)
         assert (audio["sample_rate"], audio["channels"]) == ("48000", 1)
+
+
+def test_rtsp_camera_with_g711_is_recorded_in_mkv_and_mp4_and_served(
+    serve_engine: Engine, camera: CameraFactory, tmp_path: Path
+) -> None:
+    cam = camera(audio="pcmu")
+    ids = {"g711mkv": "mkv", "g711mp4": "mp4"}
+    record_and_serve(serve_engine, ids, cam.url(), tmp_path)
+    check_served(served_url(serve_engine, "g711mkv"), tmp_path / "client.mkv", "pcm_mulaw", 8000, G711_PACKET)
+    wait_until(
+        lambda: all(recorder(serve_engine, i)["segments_written"] >= 2 for i in ids),
+        15,
+        message="no rotation",
+    )
+    finish(serve_engine, *ids)
+    for stream_id, fmt in ids.items():
+        segments = serve_engine.segments(stream_id)
+        assert len(segments) >= 3, segments
+        for segment in segments:
+            assert Path(segment.path).suffix == f".{fmt}"
+            audio = check_segment(segment, "pcm_mulaw", G711_PACKET)
+            assert (audio["sample_rate"], audio["channels"]) == ("8000", 1)
+        if fmt == "mp4":  # ISO MP4 has no G.711: the recorder wrote QuickTime (qtmux)
+            assert Path(segments[0].path).read_bytes()[4:12] == b"ftypqt  "
