@@ -238,3 +238,64 @@ def test_rtsp_camera_with_g711_is_recorded_in_mkv_and_mp4_and_served(
             assert (audio["sample_rate"], audio["channels"]) == ("8000", 1)
         if fmt == "mp4":  # ISO MP4 has no G.711: the recorder wrote QuickTime (qtmux)
             assert Path(segments[0].path).read_bytes()[4:12] == b"ftypqt  "
+
+
+# -- audio trouble costs the audio only -----------------------------------------------------------
+def test_audio_that_stops_is_dropped_and_recording_goes_on_with_video(
+    rec_engine: Engine, camera: CameraFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cam = camera(audio="aac")
+    record = {"dir": str(tmp_path / "rec"), "format": "mkv", "segment_seconds": 2}
+    rec_engine.add_stream(spec_for("mute", camera_source(cam.url()), record=record))
+    wait_until(lambda: recorder(rec_engine, "mute")["segments_written"] >= 1, 15, message="not recording")
+    cam.mute_audio()  # no more audio packets, no BYE: rtspsrc says nothing
+    dropped = "[mute] audio dropped: no audio for"
+    wait_until(lambda: dropped in caplog.text, 10, message="the stopped audio was not noticed")
+    written = recorder(rec_engine, "mute")["segments_written"]
+    # Without the drop splitmuxsink would wait for the audio for ever: nothing more written.
+    wait_until(
+        lambda: recorder(rec_engine, "mute")["segments_written"] >= written + 2,
+        10,
+        message="recording stalled",
+    )
+    health = rec_engine.health("mute")
+    assert rec_engine.state("mute") == StreamState.PLAYING
+    assert health.attempts_total == 1 and health.errors_total == 0, health  # the ingest never failed
+    finish(rec_engine, "mute")
+    segments = rec_engine.segments("mute")
+    for segment in segments:
+        assert count_frames(segment.path) == segment.frames > 0
+    assert count_packets(segments[0].path) > 0  # before the mute: with audio
+    assert recorder(rec_engine, "mute")["frames_dropped"] == 0
+
+
+def test_disk_full_with_audio_stops_only_the_recorder(
+    rec_engine: Engine, h264_aac_mp4: Path, tmp_path: Path
+) -> None:
+    import os
+
+    from tests.integration.test_recording import small_filesystem
+
+    small = tmp_path / "small"
+    with small_filesystem(small, 512) as mounted:
+        if not mounted:
+            pytest.skip("needs a small tmpfs (mount not allowed here)")
+        free = os.statvfs(small).f_bavail * os.statvfs(small).f_frsize
+        (small / "ballast").write_bytes(b"\0" * (free - 60_000))  # about three seconds of the clip
+        record = {"dir": str(small), "format": "mkv", "segment_seconds": 1, "min_free_bytes": 0}
+        rec_engine.add_stream(spec_for("full", {"type": "file", "path": str(h264_aac_mp4)}, record=record))
+        wait_until(lambda: recorder(rec_engine, "full")["state"] == "error", 15, message="disk full not seen")
+        frames = rec_engine.health("full").frames_total
+        wait_until(lambda: recorder(rec_engine, "full")["errors_total"] >= 2, 10, message="no retry")
+        health = rec_engine.health("full")
+        assert rec_engine.state("full") == StreamState.PLAYING
+        assert health.attempts_total == 1 and health.errors_total == 0, health  # the ingest never failed
+        assert health.frames_total > frames
+        (small / "ballast").unlink()
+        written = recorder(rec_engine, "full")["segments_written"]
+        wait_until(
+            lambda: recorder(rec_engine, "full")["segments_written"] >= written + 2, 10, message="no resume"
+        )
+        finish(rec_engine, "full")
+        last = rec_engine.segments("full")[-1]
+        check_segment(last, "aac", AAC_FRAME)

@@ -436,7 +436,9 @@ class RecorderBranch:
             self._detach_timer = None
         self._release_tee_pad()
         self.state = BranchState.DONE
-        elements = [e for e in (self._queue, self._audio_queue, self._split) if e is not None]
+        # splitmuxsink first: a failed one holds the queues' threads in its output wait, and a
+        # queue going to NULL first would wait for its thread for ever.
+        elements = [e for e in (self._split, self._queue, self._audio_queue) if e is not None]
 
         pipeline = self._pipeline
 

@@ -12,7 +12,8 @@ Child command line::
         [--bitrate KBPS] [--audio aac|pcmu|pcma] [--clip FILE] [--parent-pid PID]
 
 Once the socket listens the child prints exactly one line, ``READY rtsp://HOST:PORT``, to stdout;
-everything else goes to stderr through ``logging``.
+everything else goes to stderr through ``logging``. SIGUSR1 silences its audio for good (no
+packets at all, no BYE), as a camera whose microphone stream dies while the video goes on.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ CODECS = ("h264", "h265")
 # What real cameras send next to the video: AAC as mpeg4-generic, or G.711 (µ-law, A-law).
 AUDIO_CODECS = ("aac", "pcmu", "pcma")
 _AAC_ENCODERS = ("avenc_aac", "voaacenc")
+_MUTE = "valve name=mute"  # in each audio branch; SIGUSR1 closes it
 _READY_PREFIX = "READY "
 _DEMUXERS = {
     ".mp4": "qtdemux",
@@ -307,6 +309,10 @@ class CameraProcess:
         self._paused = False
         self._close_pipes()
 
+    def mute_audio(self) -> None:
+        """SIGUSR1: the audio stream stops sending (silently; video goes on)."""
+        self._require_running().send_signal(signal.SIGUSR1)
+
     def pause(self) -> None:
         """SIGSTOP: the socket stays open but nothing is sent or answered (a silent stall).
 
@@ -402,12 +408,13 @@ def _audio_launch(audio: str | None, aac_encoder: str | None) -> str:
         # 1024 samples per buffer: one AAC frame each, like a camera's encoder.
         return (
             f" {tone} samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=1 ! audioconvert "
-            f"! {aac_encoder} ! rtpmp4gpay name=pay1 pt=97"
+            f"! {aac_encoder} ! {_MUTE} ! rtpmp4gpay name=pay1 pt=97"
         )
     encoder, payloader = ("mulawenc", "rtppcmupay") if audio == "pcmu" else ("alawenc", "rtppcmapay")
     # 20 ms packets at 8 kHz mono, the usual G.711 packetisation.
     return (
-        f" {tone} samplesperbuffer=160 ! audio/x-raw,rate=8000,channels=1 ! {encoder} ! {payloader} name=pay1"
+        f" {tone} samplesperbuffer=160 ! audio/x-raw,rate=8000,channels=1 ! {encoder} ! {_MUTE} "
+        f"! {payloader} name=pay1"
     )
 
 
@@ -454,7 +461,7 @@ def _clip_factory(clip: Path, codec: str, audio: bool = False) -> GstRtspServer.
             )
             if self.audio:
                 # Parsers pick their pads by caps; the queue keeps one demuxer thread from stalling.
-                desc += " demux. ! aacparse ! queue ! rtpmp4gpay name=pay1 pt=97"
+                desc += f" demux. ! aacparse ! queue ! {_MUTE} ! rtpmp4gpay name=pay1 pt=97"
             desc = f"( {desc} )"
             element = Gst.parse_launch(desc)
             assert isinstance(element, Gst.Bin)
@@ -554,6 +561,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     mount_points = server.get_mount_points()
     assert mount_points is not None
+    medias: list[Gst.Element] = []  # every media's pipeline, for mute_audio
+
+    def on_media(_factory: GstRtspServer.RTSPMediaFactory, media: GstRtspServer.RTSPMedia) -> None:
+        medias.append(media.get_element())
+
+    def mute_audio() -> bool:
+        for element in medias:
+            valve = element.get_by_name("mute") if isinstance(element, Gst.Bin) else None
+            if valve is not None:
+                valve.set_property("drop", True)
+        log.info("audio muted")
+        return GLib.SOURCE_CONTINUE
+
     launch = _live_launch(cfg, Gst.ElementFactory.find("timeoverlay") is not None, aac_encoder)
     for mount in cfg.mounts:
         if cfg.clip is not None:
@@ -563,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             factory.set_launch(launch)
         # One encoder per mount, shared by all its clients: N readers cost no extra encoding.
         factory.set_shared(True)
+        factory.connect("media-configure", on_media)
         if permissions is not None:
             factory.set_permissions(permissions)
         mount_points.add_factory(mount, factory)
@@ -587,6 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_HIGH, signum, quit_on_signal, signum)
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGUSR1, mute_audio)
 
     if args.parent_pid is not None:
         parent_pid: int = args.parent_pid
