@@ -299,3 +299,50 @@ def test_disk_full_with_audio_stops_only_the_recorder(
         finish(rec_engine, "full")
         last = rec_engine.segments("full")[-1]
         check_segment(last, "aac", AAC_FRAME)
+
+
+# -- recording restarted at runtime, codec change across reconnects -------------------------------
+def test_recording_stopped_and_restarted_at_runtime_keeps_its_audio(
+    rec_engine: Engine, h264_aac_mp4: Path, tmp_path: Path
+) -> None:
+    record = {"dir": str(tmp_path / "rec"), "format": "mp4", "segment_seconds": 30}
+    rec_engine.add_stream(spec_for("live", {"type": "file", "path": str(h264_aac_mp4)}, record=record))
+    wait_until(lambda: recorder(rec_engine, "live")["frames_in"] >= 40, 10, message="not recording")
+    rec_engine.stop_recording("live")  # both tracks get EOS: splitmuxsink closes the file
+    wait_until(lambda: len(rec_engine.segments("live")) == 1, 10, message="segment not closed on stop")
+    rec_engine.start_recording("live")  # into the running pipeline, audio pad first
+    wait_until(lambda: recorder(rec_engine, "live")["frames_in"] >= 100, 10, message="did not restart")
+    finish(rec_engine, "live")
+    assert rec_engine.health("live").attempts_total == 1  # the ingest never rebuilt
+    first, second = rec_engine.segments("live")
+    for segment in (first, second):
+        assert segment.close_reason == "stopped"
+        check_segment(segment, "aac", AAC_FRAME)
+
+
+def test_audio_codec_change_across_reconnects_closes_served_clients(
+    serve_engine: Engine, camera: CameraFactory, tmp_path: Path
+) -> None:
+    cam = camera(audio="aac")
+    record_and_serve(serve_engine, {"cam": "mkv"}, cam.url(), tmp_path)
+    url = served_url(serve_engine, "cam")
+    client = subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-rtsp_transport", "tcp", "-i", url,
+         "-map", "0", "-c", "copy", "-f", "null", "-"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: serve_engine.info("cam")["server"]["clients"] == 1, 10, message="no client")
+        cam.restart(audio="pcmu")  # same camera, its audio now G.711: the SDP the client has is wrong
+        client.wait(15)  # closed by the server, as for a video codec change
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(5)
+    status = serve_engine.info("cam")["server"]
+    assert status["codec_changes"] == 1 and status["codec"] == "h264", status
+    check_served(url, tmp_path / "client.mkv", "pcm_mulaw", 8000, G711_PACKET)  # a new client: new SDP
+    wait_until(lambda: recorder(serve_engine, "cam")["segments_written"] >= 2, 15, message="not recording")
+    finish(serve_engine, "cam")
+    codecs = {ffprobe_json(s.path)["streams"][1]["codec_name"] for s in serve_engine.segments("cam")}
+    assert codecs == {"aac", "pcm_mulaw"}, codecs  # a new segment per attempt, each with its audio
