@@ -346,3 +346,22 @@ def test_audio_codec_change_across_reconnects_closes_served_clients(
     finish(serve_engine, "cam")
     codecs = {ffprobe_json(s.path)["streams"][1]["codec_name"] for s in serve_engine.segments("cam")}
     assert codecs == {"aac", "pcm_mulaw"}, codecs  # a new segment per attempt, each with its audio
+
+
+def test_audio_attempts_are_freed(
+    serve_engine: Engine, camera: CameraFactory, h264_aac_mp4: Path, tmp_path: Path
+) -> None:
+    """Added and removed again and again, recorded and served streams with audio leave nothing."""
+    from tests.integration.test_chaos_churn import _cycle, _live_pipelines, _sockets
+
+    cam = camera(audio="aac")
+    record = {"dir": str(tmp_path / "rec"), "format": "mkv", "segment_seconds": 10}
+    specs = [
+        spec_for("clip", {"type": "file", "path": str(h264_aac_mp4)}, record=record, serve=True),
+        spec_for("cam", camera_source(cam.url()), record=record, serve=True),
+    ]
+    _cycle(serve_engine, specs, 1, dwell=1.5)  # warm-up: GStreamer's lazily made descriptors
+    sockets = _sockets()
+    _cycle(serve_engine, specs, 3, dwell=1.5)
+    assert _live_pipelines() == 0
+    assert _sockets() <= sockets

@@ -222,13 +222,16 @@ def remux(source_path: str | Path, target_path: str | Path, fmt: str, timeout: f
         else:
             mux_pad.append(entry)
 
-    parse.connect("pad-added", _pad_added)
+    handler = parse.connect("pad-added", _pad_added)
 
     def _finish_muxer() -> bool:
         ended = [p.send_event(Gst.Event.new_eos()) for p in (*mux_pad, *audio_pad)]
         return bool(mux_pad) and all(ended)
 
     error = _run(pipeline, timeout, on_error=_finish_muxer)
+    # The handler's closure holds the pipeline, which holds parsebin, which holds the handler: a
+    # cycle through C that Python's collector cannot see (each remux leaked its pipeline).
+    parse.disconnect(handler)
     if not mux_pad:
         error = error or "no video stream"
     return MediaScan(frames=counter.frames, duration=counter.duration, error=error, caps=counter.caps)
