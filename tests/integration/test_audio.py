@@ -242,11 +242,12 @@ def test_rtsp_camera_with_g711_is_recorded_in_mkv_and_mp4_and_served(
 
 # -- audio trouble costs the audio only -----------------------------------------------------------
 def test_audio_that_stops_is_dropped_and_recording_goes_on_with_video(
-    rec_engine: Engine, camera: CameraFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    serve_engine: Engine, camera: CameraFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    rec_engine = serve_engine
     cam = camera(audio="aac")
     record = {"dir": str(tmp_path / "rec"), "format": "mkv", "segment_seconds": 2}
-    rec_engine.add_stream(spec_for("mute", camera_source(cam.url()), record=record))
+    rec_engine.add_stream(spec_for("mute", camera_source(cam.url()), record=record, serve=True))
     wait_until(lambda: recorder(rec_engine, "mute")["segments_written"] >= 1, 15, message="not recording")
     cam.mute_audio()  # no more audio packets, no BYE: rtspsrc says nothing
     dropped = "[mute] audio dropped: no audio for"
@@ -261,6 +262,9 @@ def test_audio_that_stops_is_dropped_and_recording_goes_on_with_video(
     health = rec_engine.health("mute")
     assert rec_engine.state("mute") == StreamState.PLAYING
     assert health.attempts_total == 1 and health.errors_total == 0, health  # the ingest never failed
+    assert rec_engine.info("mute")["server"]["audio_codec"] is None  # new clients: video only
+    streams = ffprobe_json(served_url(rec_engine, "mute"))["streams"]
+    assert [s["codec_type"] for s in streams] == ["video"], streams
     finish(rec_engine, "mute")
     segments = rec_engine.segments("mute")
     for segment in segments:

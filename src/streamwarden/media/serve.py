@@ -222,6 +222,13 @@ class ServeHub:
             if attempt == self._attempt:
                 self._audio_expected = codec
 
+    def audio_ended(self, attempt: int) -> None:
+        """This attempt's audio is over: medias built from now on are video-only."""
+        with self._lock:
+            if attempt == self._attempt:
+                self._audio_expected = None
+                self._audio_last = None
+
     def push_audio(self, attempt: int, buffer: Gst.Buffer, caps: Gst.Caps | None, running_time: int) -> None:
         """One encoded audio frame (``running_time``: the ingest's); fanned out, never blocking."""
         changed: tuple[str, str] | None = None
@@ -664,6 +671,7 @@ class ServeBranch:
             audio_queue = self._queue_for("serve-audio-queue")
             # Audio comes in bursts of small buffers: room for a few more than the video's two.
             audio_sink = self._sink_for("serve-audio-sink", max_buffers=8, on_sample=self._on_audio_sample)
+            audio_sink.connect("eos", self._on_audio_eos)
             add_chain(pipeline, audio.tee, [audio_queue, audio_sink])
             self._audio_queue, self._audio_sink = audio_queue, audio_sink
             self.hub.expect_audio(self._attempt, audio.track.codec)
@@ -726,6 +734,10 @@ class ServeBranch:
                 self._audio_failed = True
                 log.exception("[%s] serve audio hand-off failed", self.stream_id)
         return Gst.FlowReturn.OK
+
+    def _on_audio_eos(self, _sink: Gst.Element) -> None:
+        # The attempt dropped its audio (or the camera ended that stream): no more for new medias.
+        self.hub.audio_ended(self._attempt)
 
     def owns(self, element: Gst.Object) -> bool:
         mine = (self._queue, self._sink, self._audio_queue, self._audio_sink)
