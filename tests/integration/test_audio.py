@@ -13,8 +13,15 @@ from typing import Any
 
 import pytest
 
-from streamwarden.config import RecordingConfig, RtspServerConfig, StreamSpec, parse_stream_spec
+from streamwarden.config import (
+    BackoffConfig,
+    RecordingConfig,
+    RtspServerConfig,
+    StreamSpec,
+    parse_stream_spec,
+)
 from streamwarden.engine import Engine
+from streamwarden.policy.backoff import JitterMode
 from streamwarden.recording.index import SegmentRecord
 from streamwarden.state import StreamState
 from tests.conftest import CameraFactory
@@ -23,13 +30,19 @@ from tests.integration.conftest import FAST, wait_state
 
 pytestmark = pytest.mark.integration
 
+# Fast recorder retries, as in test_recording.py; waits are generous for two busy cores.
+RECORDING = RecordingConfig(
+    check_interval_seconds=0.3,
+    retry=BackoffConfig(initial_seconds=0.3, multiplier=2, max_seconds=1.0, jitter=JitterMode.NONE),
+)
+WAIT = 20.0  # seconds: the bound of every wait below (they return as soon as the condition holds)
 AAC_FRAME = 1024 / 48000  # seconds of audio per AAC packet at 48 kHz
 G711_PACKET = 0.02  # the test camera sends 20 ms of G.711 per RTP packet (stored as such)
 
 
 @pytest.fixture
 def rec_engine(gst_init: None) -> Iterator[Engine]:
-    with Engine(recording=RecordingConfig(check_interval_seconds=0.3)) as running:
+    with Engine(recording=RECORDING) as running:
         yield running
 
 
@@ -37,7 +50,7 @@ def rec_engine(gst_init: None) -> Iterator[Engine]:
 def serve_engine(gst_init: None) -> Iterator[Engine]:
     """An engine that records and serves over RTSP (127.0.0.1, a free port)."""
     with Engine(
-        recording=RecordingConfig(check_interval_seconds=0.3),
+        recording=RECORDING,
         rtsp_server=RtspServerConfig(host="127.0.0.1", port=0),
     ) as running:
         yield running
@@ -61,7 +74,7 @@ def finish(engine: Engine, *stream_ids: str) -> None:
     """Stop the streams (segments close cleanly) and wait until every file is indexed."""
     for stream_id in stream_ids:
         engine.stop_stream(stream_id)
-    wait_until(lambda: engine.pending_disposals() == 0, 10, message="recording not finalised")
+    wait_until(lambda: engine.pending_disposals() == 0, WAIT, message="recording not finalised")
     assert engine.recording.flush(15)
 
 
@@ -147,7 +160,9 @@ def test_file_with_aac_records_audio_in_mkv_and_mp4(
         record = {"dir": str(tmp_path / "rec"), "format": fmt, "segment_seconds": 2}
         rec_engine.add_stream(spec_for(stream_id, {"type": "file", "path": str(h264_aac_mp4)}, record=record))
     wait_until(
-        lambda: all(recorder(rec_engine, i)["segments_written"] >= 2 for i in ids), 20, message="no rotation"
+        lambda: all(recorder(rec_engine, i)["segments_written"] >= 2 for i in ids),
+        WAIT,
+        message="no rotation",
     )
     finish(rec_engine, *ids)
     for stream_id, fmt in ids.items():
@@ -182,7 +197,7 @@ def test_file_with_aac_is_served_over_rtsp_with_its_audio(
     serve_engine: Engine, h264_aac_mp4: Path, tmp_path: Path
 ) -> None:
     serve_engine.add_stream(spec_for("clip", {"type": "file", "path": str(h264_aac_mp4)}, serve=True))
-    wait_state(serve_engine, "clip", StreamState.PLAYING, 15)
+    wait_state(serve_engine, "clip", StreamState.PLAYING, WAIT)
     check_served(served_url(serve_engine, "clip"), tmp_path / "client.mkv", "aac", 48000, AAC_FRAME)
     status = serve_engine.info("clip")["server"]
     assert status["audio_codec"] == "aac" and status["audio_frames_sent"] > 0, status
@@ -198,7 +213,7 @@ def record_and_serve(engine: Engine, stream_ids: dict[str, str], uri: str, tmp_p
         record = {"dir": str(tmp_path / "rec"), "format": fmt, "segment_seconds": 2}
         engine.add_stream(spec_for(stream_id, camera_source(uri), record=record, serve=True))
     for stream_id in stream_ids:
-        wait_state(engine, stream_id, StreamState.PLAYING, 15)
+        wait_state(engine, stream_id, StreamState.PLAYING, WAIT)
 
 
 def test_rtsp_camera_with_aac_is_recorded_and_served_with_its_audio(
@@ -207,7 +222,7 @@ def test_rtsp_camera_with_aac_is_recorded_and_served_with_its_audio(
     cam = camera(audio="aac")
     record_and_serve(serve_engine, {"cam": "mkv"}, cam.url(), tmp_path)
     check_served(served_url(serve_engine, "cam"), tmp_path / "client.mkv", "aac", 48000, AAC_FRAME)
-    wait_until(lambda: recorder(serve_engine, "cam")["segments_written"] >= 2, 15, message="no rotation")
+    wait_until(lambda: recorder(serve_engine, "cam")["segments_written"] >= 2, WAIT, message="no rotation")
     finish(serve_engine, "cam")
     segments = serve_engine.segments("cam")
     assert len(segments) >= 3, segments
@@ -225,7 +240,7 @@ def test_rtsp_camera_with_g711_is_recorded_in_mkv_and_mp4_and_served(
     check_served(served_url(serve_engine, "g711mkv"), tmp_path / "client.mkv", "pcm_mulaw", 8000, G711_PACKET)
     wait_until(
         lambda: all(recorder(serve_engine, i)["segments_written"] >= 2 for i in ids),
-        15,
+        WAIT,
         message="no rotation",
     )
     finish(serve_engine, *ids)
@@ -248,15 +263,15 @@ def test_audio_that_stops_is_dropped_and_recording_goes_on_with_video(
     cam = camera(audio="aac")
     record = {"dir": str(tmp_path / "rec"), "format": "mkv", "segment_seconds": 2}
     rec_engine.add_stream(spec_for("mute", camera_source(cam.url()), record=record, serve=True))
-    wait_until(lambda: recorder(rec_engine, "mute")["segments_written"] >= 1, 15, message="not recording")
+    wait_until(lambda: recorder(rec_engine, "mute")["segments_written"] >= 1, WAIT, message="not recording")
     cam.mute_audio()  # no more audio packets, no BYE: rtspsrc says nothing
     dropped = "[mute] audio dropped: no audio for"
-    wait_until(lambda: dropped in caplog.text, 10, message="the stopped audio was not noticed")
+    wait_until(lambda: dropped in caplog.text, WAIT, message="the stopped audio was not noticed")
     written = recorder(rec_engine, "mute")["segments_written"]
     # Without the drop splitmuxsink would wait for the audio for ever: nothing more written.
     wait_until(
         lambda: recorder(rec_engine, "mute")["segments_written"] >= written + 2,
-        10,
+        WAIT,
         message="recording stalled",
     )
     health = rec_engine.health("mute")
@@ -288,9 +303,11 @@ def test_disk_full_with_audio_stops_only_the_recorder(
         (small / "ballast").write_bytes(b"\0" * (free - 60_000))  # about three seconds of the clip
         record = {"dir": str(small), "format": "mkv", "segment_seconds": 1, "min_free_bytes": 0}
         rec_engine.add_stream(spec_for("full", {"type": "file", "path": str(h264_aac_mp4)}, record=record))
-        wait_until(lambda: recorder(rec_engine, "full")["state"] == "error", 15, message="disk full not seen")
+        wait_until(
+            lambda: recorder(rec_engine, "full")["state"] == "error", WAIT, message="disk full not seen"
+        )
         frames = rec_engine.health("full").frames_total
-        wait_until(lambda: recorder(rec_engine, "full")["errors_total"] >= 2, 10, message="no retry")
+        wait_until(lambda: recorder(rec_engine, "full")["errors_total"] >= 2, WAIT, message="no retry")
         health = rec_engine.health("full")
         assert rec_engine.state("full") == StreamState.PLAYING
         assert health.attempts_total == 1 and health.errors_total == 0, health  # the ingest never failed
@@ -298,7 +315,7 @@ def test_disk_full_with_audio_stops_only_the_recorder(
         (small / "ballast").unlink()
         written = recorder(rec_engine, "full")["segments_written"]
         wait_until(
-            lambda: recorder(rec_engine, "full")["segments_written"] >= written + 2, 10, message="no resume"
+            lambda: recorder(rec_engine, "full")["segments_written"] >= written + 2, WAIT, message="no resume"
         )
         finish(rec_engine, "full")
         last = rec_engine.segments("full")[-1]
@@ -311,11 +328,11 @@ def test_recording_stopped_and_restarted_at_runtime_keeps_its_audio(
 ) -> None:
     record = {"dir": str(tmp_path / "rec"), "format": "mp4", "segment_seconds": 30}
     rec_engine.add_stream(spec_for("live", {"type": "file", "path": str(h264_aac_mp4)}, record=record))
-    wait_until(lambda: recorder(rec_engine, "live")["frames_in"] >= 40, 10, message="not recording")
+    wait_until(lambda: recorder(rec_engine, "live")["frames_in"] >= 40, WAIT, message="not recording")
     rec_engine.stop_recording("live")  # both tracks get EOS: splitmuxsink closes the file
-    wait_until(lambda: len(rec_engine.segments("live")) == 1, 10, message="segment not closed on stop")
+    wait_until(lambda: len(rec_engine.segments("live")) == 1, WAIT, message="segment not closed on stop")
     rec_engine.start_recording("live")  # into the running pipeline, audio pad first
-    wait_until(lambda: recorder(rec_engine, "live")["frames_in"] >= 100, 10, message="did not restart")
+    wait_until(lambda: recorder(rec_engine, "live")["frames_in"] >= 100, WAIT, message="did not restart")
     finish(rec_engine, "live")
     assert rec_engine.health("live").attempts_total == 1  # the ingest never rebuilt
     first, second = rec_engine.segments("live")
@@ -336,9 +353,9 @@ def test_audio_codec_change_across_reconnects_closes_served_clients(
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_until(lambda: serve_engine.info("cam")["server"]["clients"] == 1, 10, message="no client")
+        wait_until(lambda: serve_engine.info("cam")["server"]["clients"] == 1, WAIT, message="no client")
         cam.restart(audio="pcmu")  # same camera, its audio now G.711: the SDP the client has is wrong
-        client.wait(15)  # closed by the server, as for a video codec change
+        client.wait(WAIT)  # closed by the server, as for a video codec change
     finally:
         if client.poll() is None:
             client.kill()
@@ -346,7 +363,7 @@ def test_audio_codec_change_across_reconnects_closes_served_clients(
     status = serve_engine.info("cam")["server"]
     assert status["codec_changes"] == 1 and status["codec"] == "h264", status
     check_served(url, tmp_path / "client.mkv", "pcm_mulaw", 8000, G711_PACKET)  # a new client: new SDP
-    wait_until(lambda: recorder(serve_engine, "cam")["segments_written"] >= 2, 15, message="not recording")
+    wait_until(lambda: recorder(serve_engine, "cam")["segments_written"] >= 2, WAIT, message="not recording")
     finish(serve_engine, "cam")
     codecs = {ffprobe_json(s.path)["streams"][1]["codec_name"] for s in serve_engine.segments("cam")}
     assert codecs == {"aac", "pcm_mulaw"}, codecs  # a new segment per attempt, each with its audio
