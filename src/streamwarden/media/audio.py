@@ -99,8 +99,9 @@ def accepts(factory: str, template: str, caps: Gst.Caps) -> bool:
     return False
 
 
-def call_later(seconds: float, func: Callable[[], object]) -> GLib.Source:
-    """Run ``func`` once after ``seconds`` on the calling thread's default context.
+def call_later(seconds: float, func: Callable[[], object], label: str) -> GLib.Source:
+    """Run ``func`` once after ``seconds`` on the calling thread's default context (``label``:
+    who asked, for the log).
 
     Source bins call this from the engine loop thread, whose MainContext is thread-default, so
     the timer fires there; they have no handle on the engine's loop object.
@@ -110,7 +111,7 @@ def call_later(seconds: float, func: Callable[[], object]) -> GLib.Source:
         try:
             func()
         except Exception:
-            log.exception("unhandled exception in an audio timer")
+            log.exception("[%s] unhandled exception in a tracks timer", label)
         return GLib.SOURCE_REMOVE
 
     source = GLib.timeout_source_new(max(0, int(seconds * 1000)))

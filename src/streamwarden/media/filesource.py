@@ -147,13 +147,15 @@ class LoopingFileSource(Gst.Bin):
         self._current: _Loop | None = first
 
     # -- logging and errors ------------------------------------------------------------------
-    def _log(self, level: int, msg: str, *args: object) -> None:
+    def _where(self) -> str:
         # The bin's own name, prefixed with its pipeline's when it has one, so that every line
         # says which stream it is about even if the bin itself is named generically.
         name = self.get_name()
         parent = self.get_parent()
-        where = f"{parent.get_name()}/{name}" if parent is not None else name
-        _logger.log(level, "[%s] " + msg, where, *args, extra={"bin": name})
+        return f"{parent.get_name()}/{name}" if parent is not None else str(name)
+
+    def _log(self, level: int, msg: str, *args: object) -> None:
+        _logger.log(level, "[%s] " + msg, self._where(), *args, extra={"bin": self.get_name()})
 
     def _post_error(self, code: Gst.StreamError | Gst.CoreError, text: str, debug: str) -> None:
         """Post an element ERROR from the bin so the engine's classifier sees domain and code."""
@@ -297,7 +299,9 @@ class LoopingFileSource(Gst.Bin):
             # The first pass: the owner must hear of every track before any data leaves the bin.
             entry.held_probe = probe_id
             if self._tracks_timer is None:
-                self._tracks_timer = call_later(TRACKS_TIMEOUT, weak_callback(self._fix_tracks, loop))
+                self._tracks_timer = call_later(
+                    TRACKS_TIMEOUT, weak_callback(self._fix_tracks, loop), self._where()
+                )
             return
         if self._link_pad(loop, entry):
             entry.pad.remove_probe(probe_id)
@@ -324,7 +328,7 @@ class LoopingFileSource(Gst.Bin):
             try:
                 self._on_tracks(self.audio)
             except Exception:
-                _logger.exception("[%s] tracks callback failed", self.get_name())
+                _logger.exception("[%s] tracks callback failed", self._where())
         for entry in pads:
             if entry.held_probe and self._link_pad(loop, entry):
                 entry.pad.remove_probe(entry.held_probe)

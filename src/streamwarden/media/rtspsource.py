@@ -86,6 +86,11 @@ class RtspSourceBin(Gst.Bin):
             self._tracks_timer = None
         return Gst.Bin.do_change_state(self, transition)
 
+    def _where(self) -> str:
+        """``<stream>-<attempt>/source`` for log lines: the bin itself is just ``source``."""
+        parent = self.get_parent()
+        return f"{parent.get_name()}/{self.get_name()}" if parent is not None else str(self.get_name())
+
     def _on_pad_added(self, _src: Gst.Element, pad: Gst.Pad) -> None:
         # Streaming thread: classify, block, and hand the work to the loop.
         caps = pad.get_current_caps() or pad.query_caps(None)
@@ -99,7 +104,7 @@ class RtspSourceBin(Gst.Bin):
         if media != "video" or self._video_linked:
             # Extra streams, and audio we do not carry (or that came too late), are dropped here.
             if media == "audio" and self._on_tracks is not None:
-                log.info("[%s] audio stream %s not carried: dropped", self.get_name(), encoding or "?")
+                log.info("[%s] audio stream %s not carried: dropped", self._where(), encoding or "?")
             pad.add_probe(Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, _drop)
             return
         if encoding not in _DEPAYLOADERS:
@@ -148,7 +153,7 @@ class RtspSourceBin(Gst.Bin):
         if result != Gst.PadLinkReturn.OK:
             self._post_codec_error(f"cannot link RTSP pad: {result.value_nick}")
         self.codec = codec
-        log.debug("[%s] linked %s video", self.get_name(), codec)
+        log.debug("[%s] linked %s video", self._where(), codec)
         self._release_when_fixed(pad, probe_id)
 
     def _link_audio(self, pad: Gst.Pad, encoding: str, probe_id: int) -> None:
@@ -156,7 +161,7 @@ class RtspSourceBin(Gst.Bin):
         if self.get_parent() is None:
             return
         if self._tracks_fixed:  # the timeout fixed the tracks first: too late for the muxers
-            log.warning("[%s] audio stream arrived after the tracks were fixed: dropped", self.get_name())
+            log.warning("[%s] audio stream arrived after the tracks were fixed: dropped", self._where())
             pad.add_probe(Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, _drop)
             pad.remove_probe(probe_id)
             return
@@ -165,7 +170,7 @@ class RtspSourceBin(Gst.Bin):
         elements = [Gst.ElementFactory.make(factory, None) for factory in factories]
         chain = [e for e in elements if e is not None]
         if len(chain) != len(factories):
-            log.warning("[%s] missing %s: audio dropped", self.get_name(), " or ".join(factories))
+            log.warning("[%s] missing %s: audio dropped", self._where(), " or ".join(factories))
             pad.add_probe(Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, _drop)
             self._release_when_fixed(pad, probe_id)
             return
@@ -181,12 +186,12 @@ class RtspSourceBin(Gst.Bin):
         for element in reversed(chain):
             element.sync_state_with_parent()
         if _link(pad, chain[0].get_static_pad("sink")) != Gst.PadLinkReturn.OK:
-            log.warning("[%s] cannot link the %s audio stream: dropped", self.get_name(), encoding)
+            log.warning("[%s] cannot link the %s audio stream: dropped", self._where(), encoding)
             pad.add_probe(Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST, _drop)
         else:
             self.audio_elements = chain
             self.audio = AudioTrack(codec)
-            log.debug("[%s] linked %s audio", self.get_name(), codec)
+            log.debug("[%s] linked %s audio", self._where(), codec)
         self._release_when_fixed(pad, probe_id)
 
     def _release_when_fixed(self, pad: Gst.Pad, probe_id: int) -> None:
@@ -196,7 +201,7 @@ class RtspSourceBin(Gst.Bin):
             return
         self._held.append((pad, probe_id))
         if self._tracks_timer is None:
-            self._tracks_timer = call_later(TRACKS_TIMEOUT, weak_callback(self._fix_tracks))
+            self._tracks_timer = call_later(TRACKS_TIMEOUT, weak_callback(self._fix_tracks), self._where())
 
     def _fix_tracks(self) -> None:
         """Loop thread, once: tell the owner which audio goes along, then release every pad."""
@@ -211,7 +216,7 @@ class RtspSourceBin(Gst.Bin):
             try:
                 self._on_tracks(self.audio)
             except Exception:
-                log.exception("[%s] tracks callback failed", self.get_name())
+                log.exception("[%s] tracks callback failed", self._where())
         held, self._held = self._held, []
         for pad, probe_id in held:
             pad.remove_probe(probe_id)
