@@ -39,7 +39,7 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("clips")
 
 
-def _clip(clip_dir: Path, name: str) -> Path:
+def _clip(clip_dir: Path, name: str, audio: bool = False) -> Path:
     from streamwarden.media.clip import ensure_test_clip
 
     return ensure_test_clip(
@@ -50,6 +50,7 @@ def _clip(clip_dir: Path, name: str) -> Path:
         fps=CLIP_FPS,
         codec="h264",
         key_int=25,
+        audio=audio,
         timeout=60,
     )
 
@@ -70,6 +71,12 @@ def h264_mkv(gst_init: None, clip_dir: Path) -> Path:
 def h264_ts(gst_init: None, clip_dir: Path) -> Path:
     """3 s of 320x240 25 fps H.264 in MPEG-TS, keyframe every 25 frames."""
     return _clip(clip_dir, "h264.ts")
+
+
+@pytest.fixture(scope="session")
+def h264_aac_mp4(gst_init: None, clip_dir: Path) -> Path:
+    """The h264.mp4 clip with a 48 kHz stereo AAC track (a 440 Hz tone)."""
+    return _clip(clip_dir, "h264-aac.mp4", audio=True)
 
 
 @pytest.fixture

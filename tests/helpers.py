@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FfprobeError", "count_frames", "ffprobe_json", "wait_until"]
+__all__ = ["FfprobeError", "count_frames", "count_packets", "ffprobe_json", "wait_until"]
 
 
 def wait_until(
@@ -76,13 +76,18 @@ def ffprobe_json(path_or_url: str, timeout: float = 20) -> dict[str, Any]:
 
 def count_frames(path: str, timeout: float = 30) -> int:
     """Video packets (= frames for H.264/H.265 in these files) that ffprobe reads from ``path``."""
+    return count_packets(path, "v:0", timeout)
+
+
+def count_packets(path: str, stream: str = "a:0", timeout: float = 30) -> int:
+    """Packets ffprobe reads from one stream of ``path`` (``a:0``: the first audio stream)."""
     out = _run_ffprobe(
         [
             "-v",
             "error",
             "-count_packets",
             "-select_streams",
-            "v:0",
+            stream,
             "-show_entries",
             "stream=nb_read_packets",
             "-print_format",
@@ -94,5 +99,5 @@ def count_frames(path: str, timeout: float = 30) -> int:
     )
     streams = json.loads(out).get("streams", [])
     if not streams:
-        raise AssertionError(f"{path} has no video stream")
+        raise AssertionError(f"{path} has no stream {stream}")
     return int(streams[0]["nb_read_packets"])

@@ -48,7 +48,7 @@ _CLIPS = {
     "h265.mkv": f"{_RAW.format(w=320)} ! x265enc speed-preset=ultrafast key-int-max=25 ! h265parse"
     " ! matroskamux",
     "wide.mkv": f"{_RAW.format(w=640)} ! {_X264} ! matroskamux",
-    # With an AAC track (a few ms shorter than the video), which the source drops for now.
+    # With an AAC track (a few ms shorter than the video), which the source drops without on_tracks.
     **{
         f"av.{ext}": f"{_AAC} ! mux. {_RAW.format(w=320)} ! {_X264} ! {muxer} name=mux"
         for ext, muxer in (("mp4", "mp4mux"), ("mkv", "matroskamux"), ("ts", "mpegtsmux"))

@@ -174,3 +174,44 @@ def test_sent_counters_count_per_client(hub: Any) -> None:
     assert snapshot["clients"] == 3
     assert (snapshot["frames_sent"], snapshot["bytes_sent"]) == (3, 3000)
     assert (snapshot["frames_in"], snapshot["bytes_in"]) == (1, 1000)
+
+
+AAC = "audio/mpeg,mpegversion=4,stream-format=raw,rate=48000,channels=2,codec_data=(buffer)1190"
+
+
+def test_audio_joins_with_the_attempts_video_and_primes_a_new_media(hub: Any) -> None:
+    from gi.repository import Gst
+
+    live = FakeAppsrc()
+    live_audio = FakeAppsrc()
+    hub.add_outlet("live", live, live_audio)
+    attempt = hub.new_attempt()
+    assert hub.wait_for_audio(0) is None  # no audio announced: no waiting
+    hub.expect_audio(attempt, "aac")
+    hub.push_audio(attempt, frame(True, 10), caps(AAC), 0)  # before the first keyframe: held back
+    assert live_audio.pushed == [] and hub.wait_for_audio(0) == "aac"
+    hub.push(attempt, frame(True), caps())
+    hub.on_play("live", alone=True, outage_hold=False)
+    hub.push_audio(attempt, frame(True, 11), caps(AAC), 21 * Gst.MSECOND)
+    assert [signal for signal, _ in live_audio.pushed] == ["push-sample"]  # caps with the first
+    late_audio = FakeAppsrc()
+    hub.add_outlet("late", FakeAppsrc(), late_audio)
+    assert [b.get_size() for b in late_audio.buffers()] == [11]  # the newest frame, to preroll on
+    assert late_audio.buffers()[0].pts == 0
+    assert hub.snapshot()["audio_codec"] == "aac"
+
+
+def test_an_audio_codec_change_drops_every_outlet_and_reports_it(gst_init: None) -> None:
+    from streamwarden.media.serve import ServeHub
+
+    changes: list[tuple[str, str]] = []
+    hub: Any = ServeHub("cam", on_codec_change=lambda _hub, old, new: changes.append((old, new)))
+    hub.add_outlet("m", FakeAppsrc(), FakeAppsrc())
+    first = hub.new_attempt()
+    hub.push(first, frame(True), caps())
+    hub.push_audio(first, frame(True, 10), caps(AAC), 0)
+    second = hub.new_attempt()  # a reconnect: the camera now sends G.711
+    assert hub.wait_for_audio(0) is None  # until this attempt's audio flows
+    hub.push_audio(second, frame(True, 10), caps("audio/x-mulaw,rate=8000,channels=1"), 0)
+    assert changes == [("audio aac 48000 Hz x2", "audio pcmu 8000 Hz x1")]
+    assert hub.snapshot()["medias"] == 0 and hub.codec_changes == 1

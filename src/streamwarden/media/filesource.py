@@ -1,16 +1,23 @@
 """Play a media file (or an HTTP stream) forever as a live-looking, encoded pass-through source.
 
-Inside the bin: ``reader ! typefind ! demuxer`` → ``h264parse``/``h265parse`` → ghost pad ``src``.
-At each end of file the reader, typefind and demuxer are torn down and rebuilt, while the parser
-and the ghost pad stay, so downstream sees one endless stream. This is the technique measured in
-the shared notes ("Looping a file as a live stream"): segment seeks repeat a timestamp at every
-wrap and keep the old file open, whereas a rebuild is seamless and notices a deleted, truncated
-or replaced file at the next reopen (the reader/demuxer then posts the ERROR itself).
+Inside the bin: ``reader ! typefind ! demuxer`` → ``h264parse``/``h265parse`` → ghost pad ``src``,
+and, when the owner takes audio (``on_tracks``), AAC → ``aacparse`` (G.711 → ``identity``) → ghost
+pad ``audio``. At each end of file the reader, typefind and demuxer are torn down and rebuilt,
+while the parsers and the ghost pads stay, so downstream sees one endless stream. This is the
+technique measured in the shared notes ("Looping a file as a live stream"): segment seeks repeat a
+timestamp at every wrap and keep the old file open, whereas a rebuild is seamless and notices a
+deleted, truncated or replaced file at the next reopen (the reader/demuxer then posts the ERROR
+itself).
 
 How the wrap stays seamless: a probe on every demuxer pad drops EOS and the repeated
 STREAM_START, and records the largest running-time end of what it forwarded. Each new demuxer
 pad is shifted with ``Gst.Pad.set_offset`` by ONE offset shared by all its pads (the running
 time where the previous loop ended), so running time keeps increasing while raw PTS restarts.
+
+Tracks (see ``audio.py``): on the first pass every demuxer pad is held at its first buffer until
+the demuxer's ``no-more-pads`` (or a 1 s timeout); the bin then adds the ``audio`` pad if the file
+has audio we carry, calls ``on_tracks`` and only then releases the pads. Without ``on_tracks`` the
+audio is dropped inside the bin, as a video-only consumer needs.
 
 Threading: pad probes, ``pad-added`` and ``have-type`` run on streaming threads, where changing
 element state can deadlock; they only record and call ``schedule()``. Every add/remove/link of
@@ -19,6 +26,7 @@ an element and every state change runs in a callable on the engine's loop thread
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -26,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from streamwarden.media.audio import AudioTrack, OnTracks, audio_codec_of, call_later
 from streamwarden.media.gst import GLib, Gst
 from streamwarden.media.weakcb import weak_callback
 
@@ -45,6 +54,9 @@ _DEMUXERS = {
 # Video caps → (codec name exposed as ``codec``, parser factory).
 _PARSERS = {"video/x-h264": ("h264", "h264parse"), "video/x-h265": ("h265", "h265parse")}
 
+# How long the first pass waits for the demuxer's no-more-pads before fixing the tracks anyway.
+TRACKS_TIMEOUT = 1.0
+
 _NONE = Gst.CLOCK_TIME_NONE
 _BLOCK_DATA = Gst.PadProbeType.BLOCK | Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST
 _GONE = Gst.PadProbeReturn.DROP  # a probe of a pass (or a bin) already thrown away
@@ -53,7 +65,8 @@ _GONE = Gst.PadProbeReturn.DROP  # a probe of a pass (or a bin) already thrown a
 class _Role(Enum):
     PENDING = "pending"  # first buffer not yet handled on the loop thread
     VIDEO = "video"  # linked to the parser; its data counts for the next offset
-    DROPPED = "dropped"  # audio, extra tracks, subtitles: dropped inside the bin for now
+    AUDIO = "audio"  # linked to the audio parser; its data counts for the next offset too
+    DROPPED = "dropped"  # extra tracks, subtitles, audio nobody takes: dropped inside the bin
 
 
 @dataclass(eq=False)
@@ -63,6 +76,7 @@ class _DemuxPad:
     pad: Gst.Pad
     role: _Role = _Role.PENDING
     attach_scheduled: bool = False
+    held_probe: int = 0  # first-buffer probe still blocking while the tracks are not fixed
     segment: Gst.Segment | None = None
     eos: bool = False
     last_ts: int = _NONE
@@ -81,6 +95,7 @@ class _Loop:
     typefind: Gst.Element
     demuxer: Gst.Element | None = None
     demuxer_scheduled: bool = False
+    no_more_pads: bool = False
     pads: list[_DemuxPad] = field(default_factory=list)
     max_end: int = 0  # largest running-time end forwarded, offset included
     ended: bool = False  # every pad hit EOS and the wrap was scheduled
@@ -92,7 +107,8 @@ class LoopingFileSource(Gst.Bin):
 
     ``schedule`` must run a callable later on the engine's GLib loop thread (thread-safe).
     With ``loop=False`` the end of the stream is let through as EOS (an HTTP live stream that
-    ends has disconnected), so the engine treats it as a failure.
+    ends has disconnected), so the engine treats it as a failure. ``on_tracks`` (loop thread)
+    hears once which audio track the file carries, before any data leaves the bin.
 
     Single use: once set back to READY/NULL, build a new one rather than restarting it.
     """
@@ -106,10 +122,17 @@ class LoopingFileSource(Gst.Bin):
         schedule: Schedule,
         name: str | None = None,
         loop: bool = True,
+        on_tracks: OnTracks | None = None,
     ) -> None:
         super().__init__(name=name)
         self.loops_completed: int = 0
         self.codec: str | None = None
+        self.audio: AudioTrack | None = None
+        self.audio_elements: list[Gst.Element] = []  # the audio parser chain (its errors cost audio only)
+        self._on_tracks = on_tracks
+        self._tracks_fixed = on_tracks is None
+        self._tracks_timer: GLib.Source | None = None
+        self._audio_sink: Gst.Pad | None = None  # where each pass's audio pad links
         self._location = location
         self._schedule = schedule
         self._loop_forever = loop
@@ -124,13 +147,15 @@ class LoopingFileSource(Gst.Bin):
         self._current: _Loop | None = first
 
     # -- logging and errors ------------------------------------------------------------------
-    def _log(self, level: int, msg: str, *args: object) -> None:
+    def _where(self) -> str:
         # The bin's own name, prefixed with its pipeline's when it has one, so that every line
         # says which stream it is about even if the bin itself is named generically.
         name = self.get_name()
         parent = self.get_parent()
-        where = f"{parent.get_name()}/{name}" if parent is not None else name
-        _logger.log(level, "[%s] " + msg, where, *args, extra={"bin": name})
+        return f"{parent.get_name()}/{name}" if parent is not None else str(name)
+
+    def _log(self, level: int, msg: str, *args: object) -> None:
+        _logger.log(level, "[%s] " + msg, self._where(), *args, extra={"bin": self.get_name()})
 
     def _post_error(self, code: Gst.StreamError | Gst.CoreError, text: str, debug: str) -> None:
         """Post an element ERROR from the bin so the engine's classifier sees domain and code."""
@@ -152,6 +177,9 @@ class LoopingFileSource(Gst.Bin):
         # Callables already queued on the loop must not rebuild a bin that is being stopped.
         if transition == Gst.StateChange.PAUSED_TO_READY:
             self._stopping = True
+            if self._tracks_timer is not None:
+                self._tracks_timer.destroy()
+                self._tracks_timer = None
         return Gst.Bin.do_change_state(self, transition)
 
     def _is_current(self, loop: _Loop) -> bool:
@@ -209,6 +237,7 @@ class LoopingFileSource(Gst.Bin):
         if demuxer is None:
             return
         demuxer.connect("pad-added", weak_callback(self._on_pad_added, loop))
+        demuxer.connect("no-more-pads", weak_callback(self._on_no_more_pads, loop))
         self.add(demuxer)
         loop.demuxer = demuxer
         tf_sink = loop.typefind.get_static_pad("sink")
@@ -257,30 +286,109 @@ class LoopingFileSource(Gst.Bin):
             self._schedule(lambda: self._attach_pad(loop, entry, probe_id))
         return Gst.PadProbeReturn.OK
 
+    def _on_no_more_pads(self, _demuxer: Gst.Element, loop: _Loop) -> None:
+        # Streaming thread: every pad of this pass exists now, with its caps.
+        loop.no_more_pads = True
+        self._schedule(lambda: self._fix_tracks(loop))
+
     def _attach_pad(self, loop: _Loop, entry: _DemuxPad, probe_id: int) -> None:
         # Loop thread.
         if not self._is_current(loop):
             return
+        if not self._tracks_fixed:
+            # The first pass: the owner must hear of every track before any data leaves the bin.
+            entry.held_probe = probe_id
+            if self._tracks_timer is None:
+                self._tracks_timer = call_later(
+                    TRACKS_TIMEOUT, weak_callback(self._fix_tracks, loop), self._where()
+                )
+            return
+        if self._link_pad(loop, entry):
+            entry.pad.remove_probe(probe_id)
+
+    def _fix_tracks(self, loop: _Loop) -> None:
+        """Loop thread, once: choose the audio track, tell the owner, then release the held pads."""
+        if self._tracks_fixed or not self._is_current(loop):
+            return
+        self._tracks_fixed = True
+        if self._tracks_timer is not None:
+            self._tracks_timer.destroy()
+            self._tracks_timer = None
+        if not loop.no_more_pads:
+            self._log(logging.DEBUG, "no no-more-pads within %.1f s: tracks fixed as seen", TRACKS_TIMEOUT)
+        with self._lock:
+            pads = list(loop.pads)
+        codecs = [audio_codec_of(entry.pad.get_current_caps()) for entry in pads]
+        codec = next((c for c in codecs if c is not None), None)
+        if codec is not None:
+            self._add_audio(codec)
+        else:
+            self._log(logging.DEBUG, "no audio track we carry in %s", self._location)
+        if self._on_tracks is not None:
+            try:
+                self._on_tracks(self.audio)
+            except Exception:
+                _logger.exception("[%s] tracks callback failed", self._where())
+        for entry in pads:
+            if entry.held_probe and self._link_pad(loop, entry):
+                entry.pad.remove_probe(entry.held_probe)
+                entry.held_probe = 0
+
+    def _add_audio(self, codec: str) -> None:
+        """Loop thread: the audio parser chain and the ``audio`` ghost pad, kept for the whole run."""
+        # AAC leaves as raw (codec_data in the caps), what MP4, Matroska and RTP all take; aacparse
+        # converts ADTS (MPEG-TS) to it. G.711 needs no parser: identity is only a fixed anchor.
+        factories = ["aacparse", "capsfilter"] if codec == "aac" else ["identity"]
+        elements: list[Gst.Element] = []
+        for factory in factories:
+            element = Gst.ElementFactory.make(factory, None)
+            if element is None:
+                self._log(logging.WARNING, "GStreamer element %s is missing: audio dropped", factory)
+                return
+            elements.append(element)
+        if codec == "aac":
+            elements[1].set_property("caps", Gst.Caps.from_string("audio/mpeg, stream-format=(string)raw"))
+        for element in elements:
+            self.add(element)
+        for upstream, downstream in itertools.pairwise(elements):
+            upstream.link(downstream)
+        last_src = elements[-1].get_static_pad("src")
+        first_sink = elements[0].get_static_pad("sink")
+        assert last_src is not None and first_sink is not None
+        ghost = Gst.GhostPad.new("audio", last_src)
+        ghost.set_active(True)
+        self.add_pad(ghost)
+        for element in reversed(elements):
+            element.sync_state_with_parent()
+        self.audio_elements = elements
+        self._audio_sink = first_sink
+        self.audio = AudioTrack(codec)
+        self._log(logging.INFO, "carrying %s audio from %s", codec, self._location)
+
+    def _link_pad(self, loop: _Loop, entry: _DemuxPad) -> bool:
+        """Loop thread: link (or drop) one demuxer pad; False leaves it blocked (an error was posted)."""
         pad = entry.pad
         caps = pad.get_current_caps()
         structure = caps.get_structure(0) if caps is not None and caps.get_size() else None
         kind = structure.get_name() if structure is not None else ""
         caps_text = caps.to_string() if caps is not None else "(no caps)"
         has_video = any(p.role is _Role.VIDEO for p in loop.pads)
-        # ONE offset for every pad of this pass, so tracks stay in sync once audio is forwarded.
+        has_audio = any(p.role is _Role.AUDIO for p in loop.pads)
+        audio_codec = audio_codec_of(caps)
+        # ONE offset for every pad of this pass, so audio and video stay in sync.
         pad.set_offset(loop.offset)
         if kind in _PARSERS and not has_video:
             codec, parser_factory = _PARSERS[kind]
             parser = self._ensure_parser(codec, parser_factory)
             if parser is None:
-                return
+                return False
             if codec != self.codec:
                 self._post_error(
                     Gst.StreamError.FORMAT,
                     f"video codec changed from {self.codec} to {codec}",
                     f"{self._location} (pass {loop.index}): the parser cannot change codec; caps {caps_text}",
                 )
-                return  # stays blocked; the engine rebuilds the pipeline
+                return False  # stays blocked; the engine rebuilds the pipeline
             parser_sink = parser.get_static_pad("sink")
             assert parser_sink is not None
             result = pad.link(parser_sink)
@@ -290,7 +398,7 @@ class LoopingFileSource(Gst.Bin):
                     f"cannot link demuxer pad {pad.get_name()} to {parser_factory}: {result.value_nick}",
                     caps_text,
                 )
-                return
+                return False
             entry.role = _Role.VIDEO
             self._log_wrap_done(loop)
         elif kind.startswith("video/") and not has_video:
@@ -299,11 +407,22 @@ class LoopingFileSource(Gst.Bin):
                 f"unsupported video codec {kind}",
                 f"{self._location}: only H.264 and H.265 pass through; caps {caps_text}",
             )
-            return
+            return False
+        elif audio_codec is not None and self._audio_sink is not None and not has_audio:
+            if self.audio is not None and audio_codec != self.audio.codec:
+                # The owner's muxers and payloaders expect the first codec: this pass goes without
+                # audio (the pipeline's audio watchdog ends the audio track if it stays away).
+                self._log(logging.WARNING, "pass %d: audio codec now %s: dropped", loop.index, audio_codec)
+                entry.role = _Role.DROPPED
+            elif Gst.Pad.link_full(pad, self._audio_sink, Gst.PadLinkCheck.DEFAULT) == Gst.PadLinkReturn.OK:
+                entry.role = _Role.AUDIO
+            else:
+                self._log(logging.WARNING, "pass %d: cannot link audio %s: dropped", loop.index, caps_text)
+                entry.role = _Role.DROPPED
         else:
             entry.role = _Role.DROPPED
             self._log(logging.DEBUG, "pass %d: dropping pad %s (%s)", loop.index, pad.get_name(), kind or "?")
-        pad.remove_probe(probe_id)
+        return True
 
     def _ensure_parser(self, codec: str, factory: str) -> Gst.Element | None:
         """Create the parser on the first video pad; it then stays for the whole run."""

@@ -12,10 +12,17 @@ stream. The pipeline is detached from everything when that happens, so nothing r
 No Python runs per frame: frames and bytes are counted by an ``identity`` element in C and
 polled by the engine tick (``poll_meter``). Three per-frame Python probes used to cost more
 CPU than GStreamer itself (bench/results/latest.md).
+
+Audio (see ``audio.py``): the branches are attached when the source bin announces its tracks,
+before it lets any data out, so that each muxer gets its audio pad before its first buffer. A
+source with audio gets ``[queue ! clocksync !] identity ! tee`` for it; the identity's buffer
+count (read on a timer) is the audio watchdog, and its drop-probability switch is how an audio
+problem (an error inside the audio chain, audio gone while video plays) drops audio only.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -38,17 +45,24 @@ from streamwarden.config import (  # noqa: E402
     rtsp_credentials,
 )
 from streamwarden.health import FrameMeter  # noqa: E402
+from streamwarden.media.audio import AudioTap, AudioTrack  # noqa: E402
 from streamwarden.media.buswait import bus_can_wait  # noqa: E402
+from streamwarden.media.filesource import LoopingFileSource  # noqa: E402
 from streamwarden.media.loop import LoopThread  # noqa: E402
 from streamwarden.media.mediacheck import MediaSampler  # noqa: E402
 from streamwarden.media.rtpstats import RtpStats  # noqa: E402
 from streamwarden.media.rtspsource import RtspSourceBin  # noqa: E402
+from streamwarden.media.weakcb import weak_callback  # noqa: E402
 from streamwarden.policy.classify import RESOURCE_ERROR, ErrorReport  # noqa: E402
 from streamwarden.redact import redact  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 _ELEMENT_TIMEOUT_MESSAGES = frozenset({"GstRTSPSrcTimeout"})
+# Audio that stopped while video went on for this long is dropped (its muxer pads get EOS), or
+# every recorder would stall: splitmuxsink waits for every track before it closes a GOP.
+AUDIO_STALL_SECONDS = 3.0
+_AUDIO_CHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -93,6 +107,15 @@ class StreamPipeline:
         self.branches = list(branches)
         self.start_error: ErrorReport | None = None  # why ``start`` returned False, when known
         self.pipeline = Gst.Pipeline.new(f"{spec.id}-{generation}")
+        self.tracks_known = False
+        self.audio: AudioTap | None = None
+        self.audio_dropped = False
+        self._paced = False
+        self._audio_elements: list[Gst.Element] = []
+        self._audio_meter: Gst.Element | None = None
+        self._audio_timer: GLib.Source | None = None
+        self._audio_buffers = 0
+        self._audio_moved_at = 0.0
         self._build(transport)
 
     # -- construction -------------------------------------------------------------------------
@@ -100,7 +123,9 @@ class StreamPipeline:
         source = self.spec.source
         pipeline = self.pipeline
         paced = False
-        src_bin: Gst.Bin
+        src_bin: RtspSourceBin | LoopingFileSource
+        # Weak: the bin lives in the pipeline this object holds (a cycle through C otherwise).
+        on_tracks = weak_callback(self._tracks_known)
         if isinstance(source, RtspSource):
             user, password, bare = rtsp_credentials(source)
             src_bin = RtspSourceBin(
@@ -112,18 +137,19 @@ class StreamPipeline:
                 latency_ms=source.latency_ms,
                 timeout_seconds=source.connect_timeout_seconds,
                 name="source",
+                on_tracks=on_tracks,
             )
         elif isinstance(source, FileSource):
-            from streamwarden.media.filesource import LoopingFileSource
-
-            src_bin = LoopingFileSource(source.path, schedule=self._loop.schedule, name="source")
+            src_bin = LoopingFileSource(
+                source.path, schedule=self._loop.schedule, name="source", on_tracks=on_tracks
+            )
             paced = True
         elif isinstance(source, HttpSource):
-            from streamwarden.media.filesource import LoopingFileSource
-
             # Re-requesting the URL at its end makes a finished resource loop seamlessly and a
             # live HTTP stream that ended reconnect; a server that is gone errors at that GET.
-            src_bin = LoopingFileSource(source.uri, schedule=self._loop.schedule, name="source")
+            src_bin = LoopingFileSource(
+                source.uri, schedule=self._loop.schedule, name="source", on_tracks=on_tracks
+            )
             paced = True
         else:  # pragma: no cover - the config union is closed
             raise TypeError(f"unknown source {source!r}")
@@ -138,6 +164,8 @@ class StreamPipeline:
         tee.set_property("allow-not-linked", True)
         self.tee = tee
         self.source = src_bin
+        self.src_bin = src_bin
+        self._paced = paced
         pipeline.add(src_bin)
         pipeline.add(queue)
         pipeline.add(tee)
@@ -163,8 +191,95 @@ class StreamPipeline:
         discard.set_property("sync", False)
         discard.set_property("async", False)
         add_chain(pipeline, tee, [_make("queue", "discard-queue"), discard])
-        for branch in self.branches:
-            branch.attach(pipeline, tee)
+        # The branches are attached in _tracks_known, once the source knows its tracks.
+
+    def _tracks_known(self, track: AudioTrack | None) -> None:
+        """Loop thread, once, while the source still holds all its data: audio chain, branches."""
+        if self.tracks_known:
+            return
+        self.tracks_known = True
+        if track is not None:
+            try:
+                self.audio = self._build_audio(track)
+            except Exception as exc:
+                log.warning("[%s] cannot carry %s audio (%s): video only", self.stream_id, track.codec, exc)
+                self.audio = None
+        for branch in list(self.branches):
+            try:
+                branch.attach(self.pipeline, self.tee, self.audio)
+            except Exception as exc:
+                # Was a failure to build the attempt when branches were attached at construction.
+                log.exception("[%s] cannot attach the %s branch", self.stream_id, branch.name)
+                report = ErrorReport(kind="internal", message=f"cannot attach {branch.name}: {exc}")
+                self._loop.schedule(functools.partial(self._on_failure, report))
+                return
+
+    def _build_audio(self, track: AudioTrack) -> AudioTap:
+        """``audio`` pad ``[! queue ! clocksync] ! identity ! tee`` (loop thread, before data)."""
+        elements: list[Gst.Element] = []
+        if self._paced:
+            queue = _make("queue", "audio-queue")
+            queue.set_property("max-size-time", 2 * Gst.SECOND)  # as the video's: same lead
+            queue.set_property("max-size-buffers", 0)
+            queue.set_property("max-size-bytes", 0)
+            elements += [queue, _make("clocksync", "audio-pace")]
+        meter = _make("identity", "audio-meter")
+        meter.set_property("silent", True)
+        tee = _make("tee", "audio-tee")
+        tee.set_property("allow-not-linked", True)
+        elements += [meter, tee]
+        self._audio_elements = elements
+        for element in elements:
+            self.pipeline.add(element)
+        for upstream, downstream in pairwise(elements):
+            if not upstream.link(downstream):
+                raise RuntimeError(f"cannot link {upstream.get_name()} to {downstream.get_name()}")
+        for element in reversed(elements):
+            element.sync_state_with_parent()
+        if not self.src_bin.link_pads("audio", elements[0], "sink"):
+            raise RuntimeError("cannot link the source's audio pad")
+        self._audio_meter = meter
+        self._audio_moved_at = time.monotonic()
+        watch = weak_callback(self._watch_audio, dead=False)
+        self._audio_timer = self._loop.timeout(_AUDIO_CHECK_SECONDS, watch)
+        log.info("[%s] carrying %s audio", self.stream_id, track.codec)
+        return AudioTap(track, tee)
+
+    def _watch_audio(self) -> bool:
+        """Loop timer: audio that stopped while the video goes on is dropped (see AUDIO_STALL_SECONDS)."""
+        meter = self._audio_meter
+        if meter is None or self.audio_dropped:
+            self._audio_timer = None
+            return False
+        stats = meter.get_property("stats")
+        ok, count = stats.get_uint64("num-buffers") if stats is not None else (False, 0)
+        now = time.monotonic()
+        if ok and count != self._audio_buffers:
+            self._audio_buffers = count
+            self._audio_moved_at = now
+            return True
+        video_at = self._meter.last_frame_at
+        if video_at is not None and video_at - self._audio_moved_at >= AUDIO_STALL_SECONDS:
+            self._audio_timer = None
+            self.drop_audio(f"no audio for {now - self._audio_moved_at:.0f} s while the video plays")
+            return False
+        return True
+
+    def drop_audio(self, reason: str) -> None:
+        """Loop thread: stop the audio for the rest of this attempt; video is untouched.
+
+        The identity drops every further buffer, and EOS through the audio tee finishes each
+        branch's audio pad, so muxers carry on with video alone.
+        """
+        if self.audio is None or self.audio_dropped:
+            return
+        self.audio_dropped = True
+        log.warning("[%s] audio dropped: %s (video continues)", self.stream_id, reason)
+        if self._audio_meter is not None:
+            self._audio_meter.set_property("drop-probability", 1.0)
+        tee_sink = self.audio.tee.get_static_pad("sink")
+        if tee_sink is not None:
+            tee_sink.send_event(Gst.Event.new_eos())
 
     # -- running -------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -241,15 +356,36 @@ class StreamPipeline:
             if source is not None and branch.owns(source):
                 branch.on_message(message)  # a sink's trouble is the sink's, not the ingest's
                 return
+        if source is not None and self._is_audio(source):
+            self._on_audio_message(message)  # an audio problem costs the audio, not the stream
+            return
         report = _report_from_message(message)
         if report is not None:
             self._on_failure(report)
 
+    def _is_audio(self, source: Gst.Object) -> bool:
+        audio = [*self._audio_elements, *self.src_bin.audio_elements]
+        return any(inside(source, element) for element in audio)
+
+    def _on_audio_message(self, message: Gst.Message) -> None:
+        name = message.src.get_name() if message.src is not None else "?"
+        if message.type == Gst.MessageType.ERROR:
+            error, _debug = message.parse_error()
+            self.drop_audio(f"{name}: {error.message}")
+        elif message.type == Gst.MessageType.WARNING:
+            warning, _debug = message.parse_warning()
+            log.warning("[%s] audio warning from %s: %s", self.stream_id, name, warning.message)
+
     def add_branch(self, branch: Branch) -> None:
-        """Hang a branch off the running tee (loop thread), e.g. recording restarted at runtime."""
+        """Hang a branch off the running tee (loop thread), e.g. recording restarted at runtime.
+
+        Before the source announced its tracks it is only listed: ``_tracks_known`` attaches it.
+        """
         self.branches.append(branch)
+        if not self.tracks_known:
+            return
         try:
-            branch.attach(self.pipeline, self.tee)
+            branch.attach(self.pipeline, self.tee, None if self.audio_dropped else self.audio)
         except Exception:
             self.branches.remove(branch)
             raise
@@ -270,6 +406,9 @@ class StreamPipeline:
             self._bus_watched = False
         self._on_failure = _ignore_report
         self._on_first_frame = _ignore
+        if self._audio_timer is not None:
+            self._audio_timer.destroy()
+            self._audio_timer = None
 
     def dispose(self, stats: DisposalStats, timeout: float, finalize_recording: bool = True) -> None:
         """Detach, let the branches finish (segments closed), then set NULL off the loop thread."""
@@ -316,7 +455,12 @@ class Branch(Protocol):
 
     name: str
 
-    def attach(self, pipeline: Gst.Pipeline, tee: Gst.Element) -> None: ...
+    def attach(self, pipeline: Gst.Pipeline, tee: Gst.Element, audio: AudioTap | None) -> None:
+        """Link into ``pipeline`` (loop thread; it may be running, but no data reached ``tee``
+        yet unless this is a runtime attach). ``audio``: the audio tee, when the source has audio
+        and the branch wants it; its pad must be requested before the first buffer reaches a muxer.
+        """
+        ...
 
     def owns(self, element: Gst.Object) -> bool: ...
 
@@ -334,12 +478,18 @@ class Branch(Protocol):
 
 
 def add_chain(pipeline: Gst.Bin, tee: Gst.Element, elements: list[Gst.Element]) -> None:
-    """Add ``elements``, link them in order and hang the first off ``tee``."""
+    """Add ``elements``, link them in order and hang the first off ``tee``.
+
+    Into a running pipeline too: they take its state before the tee is linked, since a tee
+    pushing into a pad that is still flushing would get FLUSHING back and stop the ingest.
+    """
     for element in elements:
         pipeline.add(element)
     for upstream, downstream in pairwise(elements):
         if not upstream.link(downstream):
             raise RuntimeError(f"cannot link {upstream.get_name()} to {downstream.get_name()}")
+    for element in reversed(elements):
+        element.sync_state_with_parent()
     if not tee.link(elements[0]):
         raise RuntimeError(f"cannot link tee to {elements[0].get_name()}")
 

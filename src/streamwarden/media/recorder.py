@@ -15,6 +15,13 @@ of the running pipeline and retries with a fresh one. No Python runs per frame: 
 identities count frames in and out (liveness: in without out is a stuck writer), and the
 keyframe gate is a probe that removes itself at the first keyframe.
 
+Audio, when the source has it: ``audio tee ! valve ! queue ! splitmuxsink.audio_0``, requested
+before the first buffer (muxers take no pad later). Video stays the reference: segments still
+start on a keyframe and the frame counts are video frames. G.711 does not fit MP4 (mp4mux refuses
+it): for MP4 with G.711 the muxer is qtmux, a QuickTime file under the .mp4 name. A failure closes
+the audio valve together with the video one. Audio before the first video keyframe is muxed as it
+comes (splitmuxsink cuts on the video).
+
 Threads: ``attach``/``detach``/``on_message``/``poll`` run on the loop thread; the gate probe,
 ``on_error_sync`` and ``format-location-full`` on streaming threads (flags and a path only);
 ``finish`` and
@@ -36,10 +43,11 @@ from pathlib import Path
 from typing import Protocol
 
 from streamwarden.config import RecordConfig, RecordFormat
+from streamwarden.media.audio import AudioTap, accepts
 from streamwarden.media.buswait import BusWaiter
 from streamwarden.media.gst import GLib, Gst
 from streamwarden.media.loop import LoopThread
-from streamwarden.media.pipeline import add_chain, element_counts, inside, make_element, pad_of
+from streamwarden.media.pipeline import element_counts, inside, make_element, pad_of
 from streamwarden.recording.index import CloseReason
 from streamwarden.recording.naming import render_template
 
@@ -125,6 +133,11 @@ class RecorderBranch:
         self._gate: Gst.Element | None = None
         self._valve: Gst.Element | None = None
         self._out: Gst.Element | None = None
+        self._audio_valve: Gst.Element | None = None
+        self._audio_queue: Gst.Element | None = None
+        self._audio_tee: Gst.Element | None = None
+        self._audio_tee_pad: Gst.Pad | None = None
+        self.audio_codec: str | None = None  # what this branch records besides video
         self._eos_sent = False
         self._draining = False  # a runtime detach drains (EOS) rather than cuts
         self._end_seen = False  # splitmuxsink's forwarded EOS arrived: every file is closed
@@ -140,8 +153,9 @@ class RecorderBranch:
         self._handlers: list[tuple[Gst.Element, int]] = []
 
     # -- construction (loop thread) --------------------------------------------------------
-    def attach(self, pipeline: Gst.Pipeline, tee: Gst.Element) -> None:
-        """Build and link; into a pipeline that is already running when recording restarts."""
+    def attach(self, pipeline: Gst.Pipeline, tee: Gst.Element, audio: AudioTap | None = None) -> None:
+        """Build and link; the pipeline is running (the source announced its tracks, or
+        recording restarts); data may already reach ``tee`` in the latter case."""
         suffix = f"-{self.serial}" if self.serial else ""
         gate = make_element("identity", f"record-in{suffix}")
         gate.set_property("silent", True)
@@ -159,11 +173,10 @@ class RecorderBranch:
             split.set_property("max-size-bytes", self.record.segment_bytes)
         # Instances (not factory names + properties): 1.22 ignores muxer-properties unless
         # async-finalize is on; they must be set before the sink pad is linked.
-        if self.record.format == RecordFormat.MP4:
-            muxer = make_element("mp4mux")
+        muxer_name = self._muxer_for(audio)
+        muxer = make_element(muxer_name)
+        if muxer_name != "matroskamux":
             muxer.set_property("fragment-duration", 1000)  # playable after a crash
-        else:
-            muxer = make_element("matroskamux")
         sink = make_element("filesink")
         sink.set_property("buffer-mode", 2)  # unbuffered: a SIGKILL loses no buffered bytes
         sink.set_property("async", False)
@@ -179,24 +192,71 @@ class RecorderBranch:
         self._probes.append((entry, entry.add_probe(Gst.PadProbeType.BUFFER, self._until_keyframe)))
         self._pipeline, self._tee, self._queue, self._split = pipeline, tee, queue, split
         self._gate, self._valve, self._out = gate, valve, out
-        chain = [gate, valve, queue, out, split]
-        _result, current, pending = pipeline.get_state(0)
-        if current == Gst.State.NULL and pending in (Gst.State.VOID_PENDING, Gst.State.NULL):
-            add_chain(pipeline, tee, chain)
-        else:
-            # Running: the elements must be PLAYING before the tee pushes into them (a flushing
-            # pad would hand FLUSHING back to the tee and stop the ingest).
-            for element in chain:
-                pipeline.add(element)
-            for upstream, downstream in pairwise(chain):
-                if not upstream.link(downstream):
-                    raise RuntimeError(f"cannot link {upstream.get_name()} in the recorder")
-            for element in reversed(chain):
-                element.sync_state_with_parent()
-            tee_pad = tee.request_pad_simple("src_%u")
-            if tee_pad is None or tee_pad.link(entry) != Gst.PadLinkReturn.OK:
-                raise RuntimeError("cannot link the tee to the recorder")
-        self._tee_pad = entry.get_peer()
+        chain = [gate, valve, queue, out]
+        # Linked inside the pipeline (adding an element to a bin unlinks it), and the video pad by
+        # name before any audio pad exists: Element.link would pick the free audio pad.
+        for element in (*chain, split):
+            pipeline.add(element)
+        for upstream, downstream in pairwise(chain):
+            if not upstream.link(downstream):
+                raise RuntimeError(f"cannot link {upstream.get_name()} in the recorder")
+        if not out.link_pads("src", split, "video"):
+            raise RuntimeError("cannot link the recorder to splitmuxsink")
+        audio_chain = self._audio_chain(pipeline, split, muxer_name, audio, suffix)
+        # The pipeline runs: the elements must take its state before the tee pushes into them
+        # (a flushing pad would hand FLUSHING back to the tee and stop the ingest).
+        for element in (split, *reversed(chain), *reversed(audio_chain)):
+            element.sync_state_with_parent()
+        tee_pad = tee.request_pad_simple("src_%u")
+        if tee_pad is None or tee_pad.link(entry) != Gst.PadLinkReturn.OK:
+            raise RuntimeError("cannot link the tee to the recorder")
+        self._tee_pad = tee_pad
+        if audio is not None and audio_chain:
+            audio_entry = pad_of(audio_chain[0], "sink")
+            audio_pad = audio.tee.request_pad_simple("src_%u")
+            if audio_pad is None or audio_pad.link(audio_entry) != Gst.PadLinkReturn.OK:
+                raise RuntimeError("cannot link the audio tee to the recorder")
+            self._audio_tee, self._audio_tee_pad = audio.tee, audio_pad
+
+    def _muxer_for(self, audio: AudioTap | None) -> str:
+        if self.record.format != RecordFormat.MP4:
+            return "matroskamux"
+        caps = audio.track.caps if audio is not None else None
+        if caps is not None and not accepts("mp4mux", "audio_%u", caps):
+            return "qtmux" if accepts("qtmux", "audio_%u", caps) else "mp4mux"  # G.711: QuickTime only
+        return "mp4mux"
+
+    def _audio_chain(
+        self, pipeline: Gst.Pipeline, split: Gst.Element, muxer: str, audio: AudioTap | None, suffix: str
+    ) -> list[Gst.Element]:
+        """``valve ! queue`` linked to a new splitmuxsink audio pad; [] records video only."""
+        if audio is None:
+            return []
+        codec = audio.track.codec
+        if not accepts(muxer, "audio_%u", audio.track.caps):
+            log.warning("[%s] %s cannot hold %s audio: recording video only", self.stream_id, muxer, codec)
+            return []
+        valve = make_element("valve", f"record-audio-valve{suffix}")
+        queue = make_element("queue", f"record-audio-queue{suffix}")
+        queue.set_property("max-size-time", 5 * Gst.SECOND)
+        queue.set_property("max-size-buffers", 0)
+        queue.set_property("max-size-bytes", 0)
+        queue.set_property("leaky", 2)
+        split_pad = split.request_pad_simple("audio_%u")
+        if split_pad is None:
+            log.warning("[%s] splitmuxsink gave no audio pad: recording video only", self.stream_id)
+            return []
+        pipeline.add(valve)
+        pipeline.add(queue)
+        if not valve.link(queue) or not queue.link_pads("src", split, split_pad.get_name()):
+            pipeline.remove(valve)
+            pipeline.remove(queue)
+            split.release_request_pad(split_pad)
+            log.warning("[%s] cannot link the audio queue to splitmuxsink: video only", self.stream_id)
+            return []
+        self._audio_valve, self._audio_queue = valve, queue
+        self.audio_codec = codec
+        return [valve, queue]
 
     # -- streaming threads ------------------------------------------------------------------
     def _until_keyframe(self, pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
@@ -217,8 +277,9 @@ class RecorderBranch:
         if self._in_at_failure is None:
             self._in_at_failure = self._count(self._gate)
         self.failed = True
-        if self._valve is not None:
-            self._valve.set_property("drop", True)
+        for valve in (self._valve, self._audio_valve):
+            if valve is not None:
+                valve.set_property("drop", True)
 
     @staticmethod
     def _count(element: Gst.Element | None) -> int:
@@ -258,10 +319,12 @@ class RecorderBranch:
 
     # -- bus messages (loop thread) ----------------------------------------------------------
     def owns(self, element: Gst.Object) -> bool:
-        return any(
-            e is not None and inside(element, e)
-            for e in (self._split, self._queue, self._gate, self._valve, self._out)
-        )
+        return any(e is not None and inside(element, e) for e in self._elements())
+
+    def _elements(self) -> list[Gst.Element]:
+        """Every element of the branch, upstream first."""
+        parts = (self._gate, self._valve, self._queue, self._out, self._audio_valve, self._audio_queue)
+        return [e for e in (*parts, self._split) if e is not None]
 
     def on_message(self, message: Gst.Message) -> None:
         kind = message.type
@@ -294,7 +357,7 @@ class RecorderBranch:
     def _write_side(self, message: Gst.Message) -> bool:
         # The queue's "Internal data stream error" after a sink failure is the same write failure.
         return message.src is not None and any(
-            e is not None and inside(message.src, e) for e in (self._queue, self._out)
+            e is not None and inside(message.src, e) for e in (self._queue, self._out, self._audio_queue)
         )
 
     def _segment(self, location: str) -> OpenSegment | None:
@@ -360,7 +423,24 @@ class RecorderBranch:
             return Gst.PadProbeReturn.REMOVE
 
         tee_pad.add_probe(Gst.PadProbeType.IDLE, _unlink)
+        self._detach_audio(drain)
         self._detach_timer = self._loop.timeout(DETACH_TIMEOUT, self._detach_timed_out)
+
+    def _detach_audio(self, drain: bool) -> None:
+        """Unlink the audio chain from the audio tee and end its track (splitmuxsink closes a
+        segment only once every track has had EOS)."""
+        audio_valve, audio_tee_pad = self._audio_valve, self._audio_tee_pad
+        if audio_valve is None or audio_tee_pad is None:
+            return
+        audio_sink = pad_of(audio_valve, "sink")
+
+        def _unlink_audio(pad: Gst.Pad, _info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+            pad.unlink(audio_sink)
+            if drain:
+                audio_sink.send_event(Gst.Event.new_eos())
+            return Gst.PadProbeReturn.REMOVE
+
+        audio_tee_pad.add_probe(Gst.PadProbeType.IDLE, _unlink_audio)
 
     def _detach_timed_out(self) -> bool:
         self._detach_timer = None
@@ -374,6 +454,14 @@ class RecorderBranch:
         self._tee_pad = None
         if tee is not None and pad is not None and not self.attempt_ended:
             tee.release_request_pad(pad)
+        audio_tee, audio_pad = self._audio_tee, self._audio_tee_pad
+        self._audio_tee_pad = None
+        if audio_tee is not None and audio_pad is not None and not self.attempt_ended:
+            if audio_pad.is_linked():  # the IDLE probe has not run: nothing flows here any more
+                peer = audio_pad.get_peer()
+                if peer is not None:
+                    audio_pad.unlink(peer)
+            audio_tee.release_request_pad(audio_pad)
 
     def _complete_detach(self) -> None:
         """NULL off the loop thread (a writer stuck in write() must not freeze every stream),
@@ -385,8 +473,7 @@ class RecorderBranch:
             self._detach_timer = None
         self._release_tee_pad()
         self.state = BranchState.DONE
-        parts = (self._gate, self._valve, self._queue, self._out, self._split)
-        elements = [e for e in parts if e is not None]
+        elements = self._elements()
 
         pipeline = self._pipeline
 
@@ -432,6 +519,8 @@ class RecorderBranch:
             if not draining:
                 self._eos_sent = True
                 pad_of(self._gate, "sink").send_event(Gst.Event.new_eos())
+                if self._audio_valve is not None:
+                    pad_of(self._audio_valve, "sink").send_event(Gst.Event.new_eos())
             if self._wait_closed(waiter, deadline):
                 return
         log.warning("[%s] recording segment not closed within the drain time", self.stream_id)
@@ -483,6 +572,8 @@ class RecorderBranch:
         self._pipeline = None
         self._tee = None
         self._tee_pad = None  # a detach's IDLE probe that never fired holds this branch too
+        self._audio_tee = None
+        self._audio_tee_pad = None
 
     def _hand_off_remaining(self) -> None:
         """After NULL every file is closed: hand over those no close message announced."""

@@ -2,7 +2,9 @@
 
 One gst-rtsp-server per engine, its listening socket attached to the engine loop's private
 MainContext. Each served stream has a mount whose factory builds, per media,
-``appsrc ! h264parse|h265parse ! rtph264pay|rtph265pay`` fed by the stream's ``ServeHub``
+``appsrc ! h264parse|h265parse ! rtph264pay|rtph265pay`` (``pay0``), plus, when the source's
+audio flows, ``appsrc ! aacparse ! rtpmp4gpay`` or ``appsrc ! rtppcmupay|rtppcmapay`` (``pay1``),
+fed by the stream's ``ServeHub``
 (see ``serve.py``): the camera is pulled once however many clients watch, nothing is
 transcoded, and medias are shared by all clients of a mount.
 
@@ -29,7 +31,14 @@ import gi
 from streamwarden.config import OutageMode, RtspAuthMethod, RtspServerConfig, StreamSpec
 from streamwarden.media.gst import GLib, Gst
 from streamwarden.media.loop import LoopThread
-from streamwarden.media.serve import GOP_MAX_FRAMES, OUTLET_MAX_QUEUED, ServeBranch, ServeHub
+from streamwarden.media.serve import (
+    AUDIO_MAX_QUEUED,
+    AUDIO_WAIT_SECONDS,
+    GOP_MAX_FRAMES,
+    OUTLET_MAX_QUEUED,
+    ServeBranch,
+    ServeHub,
+)
 
 gi.require_version("GstRtspServer", "1.0")
 gi.require_version("GstRtsp", "1.0")
@@ -51,6 +60,13 @@ PENDING_SETUP_SECONDS = 5.0  # a SETUP admitted but never completed stops counti
 BIND_RETRY_SECONDS = 5.0
 _ROLE = "viewer"
 _PARSERS = {"h264": ("h264parse", "rtph264pay"), "h265": ("h265parse", "rtph265pay")}
+# Audio codec → what follows its appsrc (pay1). mpeg4-generic (RFC 3640) is what most cameras
+# send for AAC; G.711 keeps its static payload types 0 and 8.
+_AUDIO_PAYLOADERS = {
+    "aac": "aacparse ! rtpmp4gpay name=pay1 pt=97",
+    "pcmu": "rtppcmupay name=pay1",
+    "pcma": "rtppcmapay name=pay1",
+}
 _STS_UNAVAILABLE = GstRtsp.RTSPStatusCode.SERVICE_UNAVAILABLE
 _STS_OK = GstRtsp.RTSPStatusCode.OK
 # A live media reports SUSPENDED once prerolled, even with suspend-mode none.
@@ -111,14 +127,23 @@ class _ServeFactory(GstRtspServer.RTSPMediaFactory):
             return None
         parser, payloader = _PARSERS[codec]
         description = (
-            "( appsrc name=src is-live=true format=time do-timestamp=true block=false "
+            "appsrc name=src is-live=true format=time do-timestamp=true block=false "
             f"max-bytes=0 max-buffers={GOP_MAX_FRAMES + OUTLET_MAX_QUEUED} leaky-type=upstream "
             # The parser puts the parameter sets in front of every keyframe, for joiners; the
             # payloader inserting them again made ffmpeg split each keyframe in two packets
             # with one DTS ("non monotonically increasing dts" once per GOP).
-            f"! {parser} config-interval=-1 ! {payloader} name=pay0 pt=96 config-interval=0 )"
+            f"! {parser} config-interval=-1 ! {payloader} name=pay0 pt=96 config-interval=0"
         )
-        return Gst.parse_launch(description)
+        # Audio only when this attempt's audio flows: the media cannot preroll without a buffer
+        # on every stream. A media built without it stays video-only for its life.
+        audio = self.hub.wait_for_audio(min(self.wait_seconds, AUDIO_WAIT_SECONDS))
+        if audio is not None:
+            description += (
+                " appsrc name=asrc is-live=true format=time do-timestamp=true block=false "
+                f"max-bytes=0 max-buffers={AUDIO_MAX_QUEUED * 2} leaky-type=upstream "
+                f"! {_AUDIO_PAYLOADERS[audio]}"
+            )
+        return Gst.parse_launch(f"( {description} )")
 
 
 class RtspServer:
@@ -453,7 +478,8 @@ class RtspServer:
             mount = self._mounts.get(stream_id)
         element = media.get_element()
         appsrc = element.get_by_name("src") if isinstance(element, Gst.Bin) else None
-        if mount is None or appsrc is None or not mount.hub.add_outlet(media, appsrc):
+        audio = element.get_by_name("asrc") if isinstance(element, Gst.Bin) else None
+        if mount is None or appsrc is None or not mount.hub.add_outlet(media, appsrc, audio):
             return False
         with self._lock:
             mount.medias.add(media)

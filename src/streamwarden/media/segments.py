@@ -5,9 +5,10 @@ call them from the recording worker threads, never from the engine's loop thread
 never used here (it is the tests' independent judge only).
 
 ``scan`` demuxes a whole file as fast as it can (no clock): it proves the file opens and
-plays to the end, and gives frame count and duration. ``remux`` rewrites a file that was
+plays to the end, and gives (video) frame count and duration. ``remux`` rewrites a file that was
 cut off (a crash, a write error) into a properly closed one: MKV gets its duration and
-cues, MP4 its index.
+cues, MP4 its index; the audio track, if any, is carried along (QuickTime files, the recorder's
+MP4 with G.711, stay QuickTime).
 
 A pass that could not open or read its file at all (a resource error before any frame: out of
 descriptors, permissions) says so in ``MediaScan.unreadable``: that is no verdict on the file,
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamwarden.media.audio import audio_codec_of
 from streamwarden.media.buswait import BusWaiter
 from streamwarden.media.gst import GLib, Gst
 
@@ -151,6 +153,16 @@ def _reader(path: str | Path) -> Gst.Element:
     return _make(_DEMUXERS.get(ext, "parsebin"))
 
 
+def _is_quicktime(path: str | Path) -> bool:
+    """A QuickTime (not ISO MP4) file: its ``ftyp`` major brand is ``qt  ``."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] == b"qt  "
+
+
 def scan(path: str | Path, timeout: float = 60.0) -> MediaScan:
     """Demux ``path`` to the end and count its video frames (blocking)."""
     pipeline = Gst.Pipeline.new("segment-scan")
@@ -177,8 +189,9 @@ def scan(path: str | Path, timeout: float = 60.0) -> MediaScan:
             counter.caps = caps.to_string() if caps is not None else None
             pad.link(sink_pad)
 
-    parse.connect("pad-added", _pad_added)
+    handler = parse.connect("pad-added", _pad_added)
     outcome = _run(pipeline, timeout)
+    parse.disconnect(handler)  # its closure holds the pipeline: a cycle through C otherwise
     error = outcome.error
     if not linked.is_set() and error is None:
         error = "no video stream"
@@ -200,7 +213,7 @@ def remux(source_path: str | Path, target_path: str | Path, fmt: str, timeout: f
     source = _make("filesrc")
     source.set_property("location", str(source_path))
     parse = _reader(source_path)
-    muxer = _make(_MUXERS[fmt])
+    muxer = _make("qtmux" if fmt == "mp4" and _is_quicktime(source_path) else _MUXERS[fmt])
     sink = _make("filesink")
     sink.set_property("location", str(target_path))
     sink.set_property("async", False)
@@ -209,28 +222,57 @@ def remux(source_path: str | Path, target_path: str | Path, fmt: str, timeout: f
     source.link(parse)
     muxer.link(sink)
     counter = _VideoCounter()
-    mux_pad: list[Gst.Pad] = []
+    mux_pad: list[Gst.Pad] = []  # the entry (queue sink) of each track carried, video first
+    audio_pad: list[Gst.Pad] = []
+
+    def _through_queue(pad: Gst.Pad, template: str) -> Gst.Pad | None:
+        # A queue per track: the demuxer pushes every track from one thread, and the muxer holds
+        # one track's buffer until the others have data (a deadlock without a queue between).
+        target = muxer.request_pad_simple(template)
+        if target is None:
+            return None
+        queue = _make("queue")
+        for limit in ("max-size-buffers", "max-size-bytes", "max-size-time"):
+            queue.set_property(limit, 0)
+        pipeline.add(queue)
+        queue_sink = queue.get_static_pad("sink")
+        assert queue_sink is not None
+        linked = queue.link_pads("src", muxer, target.get_name()) and (
+            Gst.Pad.link_full(pad, queue_sink, Gst.PadLinkCheck.DEFAULT) == Gst.PadLinkReturn.OK
+        )
+        queue.sync_state_with_parent()
+        return queue_sink if linked else None
 
     def _pad_added(_element: Gst.Element, pad: Gst.Pad) -> None:
+        # The demuxer's streaming thread, in this private pipeline's start-up.
         caps = pad.get_current_caps() or pad.query_caps(None)
         name = caps.get_structure(0).get_name() if caps is not None and caps.get_size() else ""
+        if audio_codec_of(caps) is not None and not audio_pad:
+            entry = _through_queue(pad, "audio_%u")
+            if entry is None:
+                log.warning("remux %s: %s cannot take its %s audio: dropped", source_path, fmt, name)
+            else:
+                audio_pad.append(entry)
         if not name.startswith("video/") or mux_pad:
-            return
-        target = muxer.request_pad_simple("video_%u")
-        if target is None:
-            log.warning("remux %s: %s cannot take %s", source_path, fmt, name)
             return
         counter.caps = caps.to_string() if caps is not None else None
         pad.add_probe(Gst.PadProbeType.BUFFER, counter.probe)
-        if pad.link(target) == Gst.PadLinkReturn.OK:
-            mux_pad.append(target)
+        entry = _through_queue(pad, "video_%u")
+        if entry is None:
+            log.warning("remux %s: %s cannot take %s", source_path, fmt, name)
+        else:
+            mux_pad.append(entry)
 
-    parse.connect("pad-added", _pad_added)
+    handler = parse.connect("pad-added", _pad_added)
 
     def _finish_muxer() -> bool:
-        return bool(mux_pad and mux_pad[0].send_event(Gst.Event.new_eos()))
+        ended = [p.send_event(Gst.Event.new_eos()) for p in (*mux_pad, *audio_pad)]
+        return bool(mux_pad) and all(ended)
 
     outcome = _run(pipeline, timeout, on_error=_finish_muxer)
+    # The handler's closure holds the pipeline, which holds the demuxer, which holds the handler:
+    # a cycle through C that Python's collector cannot see (each remux leaked its pipeline).
+    parse.disconnect(handler)
     error = outcome.error
     if not mux_pad:
         error = error or "no video stream"

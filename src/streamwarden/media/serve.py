@@ -20,6 +20,14 @@ Why this shape (measured, shared notes "Re-serving a stream whose ingest is rebu
   whose appsrc backs up drops frames up to the next keyframe. A slow served side can never
   stall the ingest or the recorder.
 
+Audio (when the source has it) takes the same road on a second appsink and appsrc per media
+(``pay1``), never gating anything: video decides when an attempt, a media or a client starts.
+A media is built with audio only when this attempt's audio is flowing (its newest buffer primes
+the media's audio appsrc, since the SDP needs its caps); audio stamps follow the ingest's own
+spacing from an anchor at the media's running time, re-anchored when they drift from it, so the
+packets of a codec frame keep their exact spacing. An audio codec, rate or channel change closes
+the mount's clients like a video codec change: an AAC config lives in the SDP.
+
 Threads: ``push`` runs on the serve branch's streaming thread; outlets are added and removed on
 gst-rtsp-server's client and media threads; ``snapshot`` on any thread. One lock guards the
 state; nothing done under it changes element state (appsrc pushes only enqueue).
@@ -35,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from streamwarden.media.audio import AudioTap, audio_codec_of
 from streamwarden.media.gst import Gst
 from streamwarden.media.pipeline import add_chain, inside, make_element
 
@@ -50,6 +59,13 @@ GOP_MAX_BYTES = 32 * 1024 * 1024
 
 # Timestamps of a replayed GOP: one 90 kHz RTP tick (11.1 us) and a bit, so no two are equal.
 REPLAY_SPACING = 20 * Gst.USECOND
+
+# An audio appsrc holding more than this many buffers (~2 s of AAC) drops what comes.
+AUDIO_MAX_QUEUED = 100
+# Audio stamps are re-anchored on the media's running time when they drift further than this.
+AUDIO_RESYNC = 300 * Gst.MSECOND
+# How long a new media waits for the first audio buffer of an attempt that announced audio.
+AUDIO_WAIT_SECONDS = 2.0
 
 _NONE = Gst.CLOCK_TIME_NONE
 
@@ -95,6 +111,14 @@ def codec_of(caps: Gst.Caps | None) -> str | None:
     return CODECS.get(structure.get_name()) if structure is not None else None
 
 
+def _audio_signature(caps: Gst.Caps) -> str:
+    """What a served audio stream's SDP depends on: codec, rate and channels."""
+    structure = caps.get_structure(0)
+    ok_rate, rate = structure.get_int("rate") if structure is not None else (False, 0)
+    ok_channels, channels = structure.get_int("channels") if structure is not None else (False, 0)
+    return f"{audio_codec_of(caps)} {rate if ok_rate else '?'} Hz x{channels if ok_channels else '?'}"
+
+
 def _dimensions(caps: Gst.Caps) -> tuple[int | None, int | None]:
     structure = caps.get_structure(0)
     if structure is None:
@@ -125,6 +149,14 @@ class _Outlet:
     clients: int = 0
     dead: bool = False
     last_stamp: int = -1  # running time given to the last buffer pushed (-1: appsrc stamped it)
+    audio: Gst.Element | None = None  # the media's audio appsrc (pay1), if it carries audio
+    audio_caps: Gst.Caps | None = None
+    audio_primed: bool = False  # an audio buffer was offered for its preroll
+    audio_fed: bool = False  # its audio appsrc took a buffer (the audio stream can preroll)
+    audio_need_data_id: int = 0
+    audio_discont: bool = True
+    audio_anchor: tuple[int, int] | None = None  # (media running time, ingest running time)
+    audio_last_stamp: int = -1
 
 
 class ServeHub:
@@ -162,6 +194,14 @@ class ServeHub:
         self.slate_frames = 0
         self.medias_total = 0
         self.codec_changes = 0
+        self._audio_expected: str | None = None  # codec the current attempt announced
+        self._audio_caps: Gst.Caps | None = None
+        self._audio_signature: str | None = None  # of the audio clients were last given
+        self._audio_last: Gst.Buffer | None = None  # this attempt's newest audio buffer
+        self.audio_codec: str | None = None
+        self.audio_frames_in = 0
+        self.audio_frames_sent = 0
+        self.audio_frames_dropped = 0
 
     # -- ingest side (streaming threads, loop thread) -------------------------------------------
     def new_attempt(self) -> int:
@@ -169,7 +209,117 @@ class ServeHub:
         with self._lock:
             self._attempt += 1
             self._gated = True
+            self._audio_expected = None
+            self._audio_last = None
+            for outlet in self._outlets.values():
+                outlet.audio_anchor = None  # the new ingest's running time starts elsewhere
+                outlet.audio_discont = True
             return self._attempt
+
+    def expect_audio(self, attempt: int, codec: str) -> None:
+        """This attempt carries ``codec`` audio: new medias wait (briefly) for it."""
+        with self._lock:
+            if attempt == self._attempt:
+                self._audio_expected = codec
+
+    def audio_ended(self, attempt: int) -> None:
+        """This attempt's audio is over: medias built from now on are video-only."""
+        with self._lock:
+            if attempt == self._attempt:
+                self._audio_expected = None
+                self._audio_last = None
+
+    def push_audio(self, attempt: int, buffer: Gst.Buffer, caps: Gst.Caps | None, running_time: int) -> None:
+        """One encoded audio frame (``running_time``: the ingest's); fanned out, never blocking."""
+        changed: tuple[str, str] | None = None
+        with self._lock:
+            if attempt != self._attempt or self.closed:
+                return
+            if caps is not None and (self._audio_caps is None or not caps.is_equal(self._audio_caps)):
+                changed = self._new_audio_caps(caps)
+            if self.audio_codec is None:
+                return  # nothing we can serve
+            first = self._audio_last is None
+            self._audio_last = buffer
+            self.audio_frames_in += 1
+            if first:
+                self._caps_known.notify_all()
+            if not self._gated:  # audio joins once this attempt's video does
+                for outlet in self._outlets.values():
+                    self._deliver_audio(outlet, buffer, running_time)
+        if changed is not None and self._on_codec_change is not None:
+            self._on_codec_change(self, *changed)
+
+    def _new_audio_caps(self, caps: Gst.Caps) -> tuple[str, str] | None:
+        """Adopt new audio caps (locked); (old, new) when the clients' SDP no longer fits."""
+        codec = audio_codec_of(caps)
+        self._audio_caps = caps
+        self.audio_codec = codec
+        if codec is None:
+            log.warning("[%s] cannot re-serve audio %s: audio not served", self.stream_id, caps)
+            return None
+        old, new = self._audio_signature, _audio_signature(caps)
+        self._audio_signature = new
+        if old is not None and old != new:
+            self.codec_changes += 1
+            for outlet in self._outlets.values():
+                self._forget(outlet)  # its pay1 and SDP are for the old audio; the server closes it
+            self._outlets.clear()
+            return f"audio {old}", f"audio {new}"
+        if old is None:
+            log.info("[%s] serving %s audio", self.stream_id, new)
+        return None
+
+    def _deliver_audio(self, outlet: _Outlet, buffer: Gst.Buffer, running_time: int) -> None:
+        """A live audio frame for one outlet (locked): after its first PLAY, or until it has
+        one buffer to preroll on; bounded, never blocking."""
+        appsrc = outlet.audio
+        if appsrc is None or outlet.dead or (outlet.audio_fed and not outlet.armed):
+            return
+        if appsrc.get_property("current-level-buffers") >= AUDIO_MAX_QUEUED:
+            self.audio_frames_dropped += 1
+            outlet.audio_anchor = None
+            outlet.audio_discont = True
+            return
+        self._push_audio(outlet, buffer, self._audio_stamp(outlet, running_time))
+
+    @staticmethod
+    def _audio_stamp(outlet: _Outlet, running_time: int) -> int:
+        """Ingest spacing from an anchor on the media's clock; re-anchored past AUDIO_RESYNC."""
+        assert outlet.audio is not None
+        now = _running_time(outlet.audio)
+        if now is None:
+            return _NONE  # appsrc's do-timestamp stamps it
+        anchor = outlet.audio_anchor
+        stamp = now if anchor is None or running_time == _NONE else anchor[0] + running_time - anchor[1]
+        if anchor is None or running_time == _NONE or abs(stamp - now) > AUDIO_RESYNC:
+            outlet.audio_anchor = (now, running_time) if running_time != _NONE else None
+            stamp = now
+        return max(stamp, outlet.audio_last_stamp + 1)
+
+    def _push_audio(self, outlet: _Outlet, buffer: Gst.Buffer, stamp: int) -> bool:
+        """Into the media's audio appsrc (locked); caps travel with the first buffer after a change."""
+        assert outlet.audio is not None
+        copy = _shallow_copy(buffer)
+        copy.pts = copy.dts = stamp
+        if outlet.audio_discont:
+            copy.set_flags(Gst.BufferFlags.DISCONT)
+            outlet.audio_discont = False
+        caps = self._audio_caps
+        if caps is not None and (outlet.audio_caps is None or not outlet.audio_caps.is_equal(caps)):
+            outlet.audio_caps = caps
+            result = outlet.audio.emit("push-sample", Gst.Sample.new(copy, caps, None, None))
+        else:
+            result = outlet.audio.emit("push-buffer", copy)
+        if result != Gst.FlowReturn.OK:
+            outlet.audio_caps = None
+            outlet.audio_discont = True
+            return False
+        outlet.audio_fed = True
+        if stamp != _NONE:
+            outlet.audio_last_stamp = stamp
+        self.audio_frames_sent += outlet.clients
+        return True
 
     def regate(self, attempt: int) -> None:
         """The branch lost frames (its queue leaked): resume at the next keyframe."""
@@ -319,21 +469,51 @@ class ServeHub:
                 self._caps_known.wait(min(remaining, 0.5))
             return self.codec
 
-    def add_outlet(self, key: object, appsrc: Gst.Element) -> bool:
-        """A media is being prepared: give it one keyframe to preroll on."""
+    def wait_for_audio(self, timeout: float) -> str | None:
+        """The audio codec to serve, once this attempt's audio flows; None: serve video only.
+
+        Waits (up to ``timeout`` s) only when the attempt announced audio that has not come yet.
+        """
+        deadline = self._clock() + timeout
+        with self._lock:
+            while self._audio_expected is not None and self._audio_last is None and not self.closed:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self._caps_known.wait(min(remaining, 0.5))
+            return self.audio_codec if self._audio_last is not None else None
+
+    def add_outlet(self, key: object, appsrc: Gst.Element, audio: Gst.Element | None = None) -> bool:
+        """A media is being prepared: give it one keyframe (and audio frame) to preroll on."""
         with self._lock:
             if self.closed:
                 return False
             old = self._outlets.pop(key, None)
             if old is not None:
                 self._forget(old)
-            outlet = _Outlet(appsrc)
+            outlet = _Outlet(appsrc, audio=audio)
             self._outlets[key] = outlet
             self.medias_total += 1
             if not self._prime(outlet):
                 # Its appsrc refuses data until it runs, and asks for data as soon as it does.
                 outlet.need_data_id = appsrc.connect("need-data", self._on_need_data, outlet)
+            if audio is not None and not self._prime_audio(outlet):
+                outlet.audio_need_data_id = audio.connect("need-data", self._on_audio_need_data, outlet)
             return True
+
+    def _prime_audio(self, outlet: _Outlet) -> bool:
+        """This attempt's newest audio frame, stamped 0 (locked); False when refused."""
+        buffer = self._audio_last
+        if buffer is not None and outlet.audio is not None and not self._push_audio(outlet, buffer, 0):
+            return False
+        outlet.audio_primed = True  # nothing cached: the next live audio frame feeds it
+        return True
+
+    def _on_audio_need_data(self, _appsrc: Gst.Element, _length: int, outlet: _Outlet) -> None:
+        # The media's streaming thread: its audio appsrc runs now.
+        with self._lock:
+            if outlet.dead or outlet.audio_primed or self._prime_audio(outlet):
+                self._forget_audio(outlet)
 
     def _prime(self, outlet: _Outlet) -> bool:
         """The cached keyframe, stamped 0 (locked); False when the appsrc refuses data."""
@@ -358,6 +538,14 @@ class ServeHub:
         if outlet.need_data_id:
             outlet.appsrc.disconnect(outlet.need_data_id)
             outlet.need_data_id = 0
+        if dead:
+            ServeHub._forget_audio(outlet)
+
+    @staticmethod
+    def _forget_audio(outlet: _Outlet) -> None:
+        if outlet.audio_need_data_id and outlet.audio is not None:
+            outlet.audio.disconnect(outlet.audio_need_data_id)
+            outlet.audio_need_data_id = 0
 
     def on_play(self, key: object, *, alone: bool, outage_hold: bool) -> int:
         """A client's PLAY on a media: send the cached GOP when that harms nobody.
@@ -423,6 +611,7 @@ class ServeHub:
                 self._forget(outlet)
             self._outlets.clear()
             self._gop = None
+            self._audio_last = None
             self._caps_known.notify_all()
 
     def snapshot(self) -> dict[str, Any]:
@@ -442,12 +631,17 @@ class ServeHub:
                 "slate_frames": self.slate_frames,
                 "codec_changes": self.codec_changes,
                 "cached_gop_frames": len(self._gop) if self._gop else 0,
+                "audio_codec": self.audio_codec if self._audio_last is not None else None,
+                "audio_frames_in": self.audio_frames_in,
+                "audio_frames_sent": self.audio_frames_sent,
+                "audio_frames_dropped": self.audio_frames_dropped,
                 "last_frame_age_seconds": None if last is None else round(self._clock() - last, 3),
             }
 
 
 class ServeBranch:
-    """One attempt's hand-off: ``queue (leaky) ! appsink`` off the tee, feeding the stream's hub.
+    """One attempt's hand-off: ``queue (leaky) ! appsink`` off the tee, feeding the stream's hub;
+    the same off the audio tee when the source has audio.
 
     The queue gives the appsink a thread of its own, so the Python per frame never runs on the
     thread that feeds the recorder; when it leaks, the hub resumes at the next keyframe.
@@ -461,26 +655,49 @@ class ServeBranch:
         self._attempt = 0
         self._queue: Gst.Element | None = None
         self._sink: Gst.Element | None = None
+        self._audio_queue: Gst.Element | None = None
+        self._audio_sink: Gst.Element | None = None
         self._failed = False
+        self._audio_failed = False
 
-    def attach(self, pipeline: Gst.Pipeline, tee: Gst.Element) -> None:
-        queue = make_element("queue", "serve-queue")
+    def attach(self, pipeline: Gst.Pipeline, tee: Gst.Element, audio: AudioTap | None = None) -> None:
+        queue = self._queue_for("serve-queue")
+        queue.connect("overrun", self._on_overrun)
+        sink = self._sink_for("serve-sink", max_buffers=2, on_sample=self._on_sample)
+        add_chain(pipeline, tee, [queue, sink])
+        self._queue, self._sink = queue, sink
+        self._attempt = self.hub.new_attempt()
+        if audio is not None:
+            audio_queue = self._queue_for("serve-audio-queue")
+            # Audio comes in bursts of small buffers: room for a few more than the video's two.
+            audio_sink = self._sink_for("serve-audio-sink", max_buffers=8, on_sample=self._on_audio_sample)
+            audio_sink.connect("eos", self._on_audio_eos)
+            add_chain(pipeline, audio.tee, [audio_queue, audio_sink])
+            self._audio_queue, self._audio_sink = audio_queue, audio_sink
+            self.hub.expect_audio(self._attempt, audio.track.codec)
+
+    @staticmethod
+    def _queue_for(name: str) -> Gst.Element:
+        queue = make_element("queue", name)
         queue.set_property("max-size-buffers", 0)
         queue.set_property("max-size-bytes", 0)
         queue.set_property("max-size-time", 2 * Gst.SECOND)
         queue.set_property("leaky", 2)  # drop the oldest: the served side never slows the ingest
-        queue.connect("overrun", self._on_overrun)
-        sink = make_element("appsink", "serve-sink")
+        return queue
+
+    @staticmethod
+    def _sink_for(
+        name: str, *, max_buffers: int, on_sample: Callable[[Gst.Element], Gst.FlowReturn]
+    ) -> Gst.Element:
+        sink = make_element("appsink", name)
         sink.set_property("emit-signals", True)
         sink.set_property("sync", False)
         sink.set_property("async", False)
         sink.set_property("drop", True)
-        sink.set_property("max-buffers", 2)
+        sink.set_property("max-buffers", max_buffers)
         sink.set_property("enable-last-sample", False)
-        sink.connect("new-sample", self._on_sample)
-        add_chain(pipeline, tee, [queue, sink])
-        self._queue, self._sink = queue, sink
-        self._attempt = self.hub.new_attempt()
+        sink.connect("new-sample", on_sample)
+        return sink
 
     def _on_overrun(self, _queue: Gst.Element) -> None:
         self.hub.regate(self._attempt)
@@ -500,8 +717,31 @@ class ServeBranch:
                     log.exception("[%s] serve hand-off failed", self.stream_id)
         return Gst.FlowReturn.OK
 
+    def _on_audio_sample(self, sink: Gst.Element) -> Gst.FlowReturn:
+        # Streaming thread: the ingest's running time goes along (audio keeps its own spacing).
+        sample = sink.emit("pull-sample")
+        buffer = sample.get_buffer() if sample is not None else None
+        if sample is None or buffer is None:
+            return Gst.FlowReturn.OK
+        segment = sample.get_segment()
+        running = _NONE
+        if segment is not None and buffer.pts != _NONE:
+            running = segment.to_running_time(Gst.Format.TIME, buffer.pts)
+        try:
+            self.hub.push_audio(self._attempt, buffer, sample.get_caps(), running)
+        except Exception:
+            if not self._audio_failed:
+                self._audio_failed = True
+                log.exception("[%s] serve audio hand-off failed", self.stream_id)
+        return Gst.FlowReturn.OK
+
+    def _on_audio_eos(self, _sink: Gst.Element) -> None:
+        # The attempt dropped its audio (or the camera ended that stream): no more for new medias.
+        self.hub.audio_ended(self._attempt)
+
     def owns(self, element: Gst.Object) -> bool:
-        return any(e is not None and inside(element, e) for e in (self._queue, self._sink))
+        mine = (self._queue, self._sink, self._audio_queue, self._audio_sink)
+        return any(e is not None and inside(element, e) for e in mine)
 
     def on_message(self, message: Gst.Message) -> None:
         if message.type == Gst.MessageType.ERROR:

@@ -9,10 +9,11 @@ Child command line::
 
     python -m streamwarden.testing.camera --port 8554 [--host 127.0.0.1] [--mount /cam1 ...]
         [--user U --password PW] [--width 320 --height 240 --fps 25] [--codec h264|h265]
-        [--bitrate KBPS] [--clip FILE] [--parent-pid PID]
+        [--bitrate KBPS] [--audio aac|pcmu|pcma] [--clip FILE] [--parent-pid PID]
 
 Once the socket listens the child prints exactly one line, ``READY rtsp://HOST:PORT``, to stdout;
-everything else goes to stderr through ``logging``.
+everything else goes to stderr through ``logging``. SIGUSR1 silences its audio for good (no
+packets at all, no BYE), as a camera whose microphone stream dies while the video goes on.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ __all__ = ["CameraConfig", "CameraError", "CameraProcess", "free_port", "main"]
 log = logging.getLogger(__name__)
 
 CODECS = ("h264", "h265")
+# What real cameras send next to the video: AAC as mpeg4-generic, or G.711 (µ-law, A-law).
+AUDIO_CODECS = ("aac", "pcmu", "pcma")
+_AAC_ENCODERS = ("avenc_aac", "voaacenc")
+_MUTE = "valve name=mute"  # in each audio branch; SIGUSR1 closes it
 _READY_PREFIX = "READY "
 _DEMUXERS = {
     ".mp4": "qtdemux",
@@ -73,6 +78,7 @@ class CameraConfig:
     codec: str = "h264"
     bitrate: int = 1000
     clip: Path | None = None
+    audio: str | None = None  # an audio stream (pay1) next to the video: "aac", "pcmu" or "pcma"
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -85,6 +91,10 @@ class CameraConfig:
             raise ValueError(f"codec must be one of {CODECS}, got {self.codec!r}")
         if min(self.width, self.height, self.fps, self.bitrate) <= 0:
             raise ValueError("width, height, fps and bitrate must be positive")
+        if self.audio is not None and self.audio not in AUDIO_CODECS:
+            raise ValueError(f"audio must be one of {AUDIO_CODECS}, got {self.audio!r}")
+        if self.audio not in (None, "aac") and self.clip is not None:
+            raise ValueError("a clip can only serve its own (AAC) audio")
 
     def argv(self) -> list[str]:
         """The child's command-line options (without the interpreter and module)."""
@@ -97,6 +107,8 @@ class CameraConfig:
         args += ["--codec", self.codec, "--bitrate", str(self.bitrate)]
         if self.clip is not None:
             args += ["--clip", str(self.clip)]
+        if self.audio is not None:
+            args += ["--audio", self.audio]
         return args
 
 
@@ -140,6 +152,7 @@ class CameraProcess:
         host: str = "127.0.0.1",
         bitrate: int = 1000,
         clip: Path | None = None,
+        audio: str | None = None,
     ) -> None:
         self._config = CameraConfig(
             port=port,
@@ -153,6 +166,7 @@ class CameraProcess:
             codec=codec,
             bitrate=bitrate,
             clip=clip,
+            audio=audio,
         )
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
@@ -295,6 +309,10 @@ class CameraProcess:
         self._paused = False
         self._close_pipes()
 
+    def mute_audio(self) -> None:
+        """SIGUSR1: the audio stream stops sending (silently; video goes on)."""
+        self._require_running().send_signal(signal.SIGUSR1)
+
     def pause(self) -> None:
         """SIGSTOP: the socket stays open but nothing is sent or answered (a silent stall).
 
@@ -332,7 +350,7 @@ class CameraProcess:
         """Kills the child if running and starts it again on the same port.
 
         ``changes`` replace start options (width, height, fps, codec, bitrate, user, password,
-        mounts, clip); port and host stay, since "the same camera came back" is the point.
+        mounts, clip, audio); port and host stay, since "the same camera came back" is the point.
         """
         unknown = set(changes) - self._RESTARTABLE
         if unknown:
@@ -381,7 +399,26 @@ class CameraProcess:
 # Child side: everything below runs in the camera process and is the only part that imports gi.
 
 
-def _live_launch(cfg: CameraConfig, has_timeoverlay: bool) -> str:
+def _audio_launch(audio: str | None, aac_encoder: str | None) -> str:
+    """A live tone encoded as a camera would send it, on ``pay1`` (empty without audio)."""
+    if audio is None:
+        return ""
+    tone = "audiotestsrc is-live=true wave=sine freq=440 volume=0.2"
+    if audio == "aac":
+        # 1024 samples per buffer: one AAC frame each, like a camera's encoder.
+        return (
+            f" {tone} samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=1 ! audioconvert "
+            f"! {aac_encoder} ! {_MUTE} ! rtpmp4gpay name=pay1 pt=97"
+        )
+    encoder, payloader = ("mulawenc", "rtppcmupay") if audio == "pcmu" else ("alawenc", "rtppcmapay")
+    # 20 ms packets at 8 kHz mono, the usual G.711 packetisation.
+    return (
+        f" {tone} samplesperbuffer=160 ! audio/x-raw,rate=8000,channels=1 ! {encoder} ! {_MUTE} "
+        f"! {payloader} name=pay1"
+    )
+
+
+def _live_launch(cfg: CameraConfig, has_timeoverlay: bool, aac_encoder: str | None = None) -> str:
     """Encodes videotestsrc live: the cheapest real-time H.264/H.265 source (see shared notes)."""
     overlay = "timeoverlay ! " if has_timeoverlay else ""
     if cfg.codec == "h264":
@@ -396,27 +433,36 @@ def _live_launch(cfg: CameraConfig, has_timeoverlay: bool) -> str:
         f"( videotestsrc is-live=true pattern=ball "
         f"! video/x-raw,format=I420,width={cfg.width},height={cfg.height},framerate={cfg.fps}/1 "
         f"! {overlay}{enc} tune=zerolatency speed-preset=ultrafast key-int-max={cfg.fps} "
-        f"bitrate={cfg.bitrate}{extra} ! {pay} name=pay0 pt=96 config-interval=-1 )"
+        f"bitrate={cfg.bitrate}{extra} ! {pay} name=pay0 pt=96 config-interval=-1"
+        f"{_audio_launch(cfg.audio, aac_encoder)} )"
     )
 
 
-def _clip_factory(clip: Path, codec: str) -> GstRtspServer.RTSPMediaFactory:
+def _clip_factory(clip: Path, codec: str, audio: bool = False) -> GstRtspServer.RTSPMediaFactory:
     """A factory serving a pre-encoded file, built per media so the path needs no quoting.
 
     The file is played once per media (no loop); a shared media ends at the end of the file.
+    With ``audio`` its AAC track goes out too (pay1).
     """
     from gi.repository import Gst, GstRtspServer
 
     class ClipFactory(GstRtspServer.RTSPMediaFactory):
-        def __init__(self, clip: Path, codec: str) -> None:
+        def __init__(self, clip: Path, codec: str, audio: bool) -> None:
             super().__init__()
             self.clip = clip
             self.codec = codec
+            self.audio = audio
 
         def do_create_element(self, url: Any) -> Gst.Element:
             demux = _DEMUXERS.get(self.clip.suffix.lower(), "parsebin")
             parse, pay = ("h264parse", "rtph264pay") if self.codec == "h264" else ("h265parse", "rtph265pay")
-            desc = f"( filesrc name=src ! {demux} ! {parse} ! {pay} name=pay0 pt=96 config-interval=-1 )"
+            desc = (
+                f"filesrc name=src ! {demux} name=demux ! {parse} ! {pay} name=pay0 pt=96 config-interval=-1"
+            )
+            if self.audio:
+                # Parsers pick their pads by caps; the queue keeps one demuxer thread from stalling.
+                desc += f" demux. ! aacparse ! queue ! {_MUTE} ! rtpmp4gpay name=pay1 pt=97"
+            desc = f"( {desc} )"
             element = Gst.parse_launch(desc)
             assert isinstance(element, Gst.Bin)
             src = element.get_by_name("src")
@@ -424,7 +470,7 @@ def _clip_factory(clip: Path, codec: str) -> GstRtspServer.RTSPMediaFactory:
             src.set_property("location", str(self.clip))
             return element
 
-    return ClipFactory(clip, codec)
+    return ClipFactory(clip, codec, audio)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -442,6 +488,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--codec", choices=CODECS, default="h264")
     parser.add_argument("--bitrate", type=int, default=1000, help="encoder bitrate in kbit/s")
     parser.add_argument("--clip", type=Path, help="serve this pre-encoded file (played once per media)")
+    parser.add_argument("--audio", choices=AUDIO_CODECS, help="also send an audio stream (pay1)")
     parser.add_argument("--parent-pid", type=int, help="exit when this process is no longer our parent")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -468,6 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             codec=args.codec,
             bitrate=args.bitrate,
             clip=args.clip,
+            audio=args.audio,
         )
     except ValueError as exc:
         log.error("bad options: %s", exc)
@@ -487,6 +535,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cfg.clip is None and Gst.ElementFactory.find(element) is None:
             log.error("GStreamer element %s is not available", element)
             return 2
+    aac_encoder = next((e for e in _AAC_ENCODERS if Gst.ElementFactory.find(e) is not None), None)
+    if cfg.audio == "aac" and aac_encoder is None and cfg.clip is None:
+        log.error("no AAC encoder available (tried %s)", ", ".join(_AAC_ENCODERS))
+        return 2
 
     server = GstRtspServer.RTSPServer()
     server.set_address(cfg.host)
@@ -509,15 +561,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     mount_points = server.get_mount_points()
     assert mount_points is not None
-    launch = _live_launch(cfg, Gst.ElementFactory.find("timeoverlay") is not None)
+    medias: list[Gst.Element] = []  # every media's pipeline, for mute_audio
+
+    def on_media(_factory: GstRtspServer.RTSPMediaFactory, media: GstRtspServer.RTSPMedia) -> None:
+        medias.append(media.get_element())
+
+    def mute_audio() -> bool:
+        for element in medias:
+            valve = element.get_by_name("mute") if isinstance(element, Gst.Bin) else None
+            if valve is not None:
+                valve.set_property("drop", True)
+        log.info("audio muted")
+        return GLib.SOURCE_CONTINUE
+
+    launch = _live_launch(cfg, Gst.ElementFactory.find("timeoverlay") is not None, aac_encoder)
     for mount in cfg.mounts:
         if cfg.clip is not None:
-            factory = _clip_factory(cfg.clip, cfg.codec)
+            factory = _clip_factory(cfg.clip, cfg.codec, cfg.audio == "aac")
         else:
             factory = GstRtspServer.RTSPMediaFactory()
             factory.set_launch(launch)
         # One encoder per mount, shared by all its clients: N readers cost no extra encoding.
         factory.set_shared(True)
+        factory.connect("media-configure", on_media)
         if permissions is not None:
             factory.set_permissions(permissions)
         mount_points.add_factory(mount, factory)
@@ -542,6 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_HIGH, signum, quit_on_signal, signum)
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGUSR1, mute_audio)
 
     if args.parent_pid is not None:
         parent_pid: int = args.parent_pid
@@ -557,12 +624,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     bound = server.get_bound_port()
     log.info(
-        "serving %s %dx%d@%d %s on port %d%s",
+        "serving %s %dx%d@%d %s%s on port %d%s",
         ", ".join(cfg.mounts),
         cfg.width,
         cfg.height,
         cfg.fps,
         f"clip {cfg.clip}" if cfg.clip else cfg.codec,
+        f" + {cfg.audio} audio" if cfg.audio else "",
         bound,
         " with basic auth" if permissions is not None else "",
     )
