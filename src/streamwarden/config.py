@@ -212,6 +212,8 @@ class DegradedConfig(_Model):
     min_fps_ratio: float | None = Field(default=0.5, ge=0, le=1)
     # Timestamp discontinuities, jumps or corrupt frames per minute (seen by media sampling).
     max_media_errors_per_minute: float | None = Field(default=6.0, ge=0)
+    # Audio arriving this much earlier or later than video for the same media time (sampled).
+    max_av_drift_ms: float | None = Field(default=1000.0, ge=0)
     window_seconds: float = Field(default=10.0, gt=0, le=3600)
     clear_after_seconds: float = Field(default=5.0, ge=0, le=3600)
 

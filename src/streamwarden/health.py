@@ -209,10 +209,15 @@ class MediaQuality:
     discont_flags_total: int = 0
     learned_fps: float | None = None
     caps_fps: float | None = None
+    av_drift_ms: float | None = None  # audio arrives this much later than video (last window)
+    av_drift_max_ms: float = 0.0
     _recent: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
 
-    def add_window(self, window: Any, caps_fps: float | None = None) -> None:
-        """``window``: a ``media.mediacheck.MediaWindow`` (duck-typed: this module stays pure)."""
+    def add_window(self, window: Any, caps_fps: float | None = None, audio: Any = None) -> None:
+        """``window``/``audio``: ``media.mediacheck.MediaWindow`` (duck-typed: this stays pure)."""
+        if audio is not None and audio.offset_ms is not None and window.offset_ms is not None:
+            self.av_drift_ms = round(audio.offset_ms - window.offset_ms, 1)
+            self.av_drift_max_ms = max(self.av_drift_max_ms, abs(self.av_drift_ms))
         self.windows_total += 1
         self.sampled_frames_total += window.frames
         self.timestamp_errors_total += window.timestamp_errors
@@ -241,6 +246,9 @@ class MediaQuality:
         ratio = config.min_fps_ratio
         if ratio and nominal and playing_for >= config.window_seconds and fps < nominal * ratio:
             found.append(f"frame rate {fps:.1f} < {ratio:.0%} of nominal {nominal:g} fps")
+        drift_limit = config.max_av_drift_ms
+        if drift_limit is not None and self.av_drift_ms is not None and abs(self.av_drift_ms) > drift_limit:
+            found.append(f"audio/video drift {self.av_drift_ms:+.0f} ms > {drift_limit:g} ms")
         limit = config.max_media_errors_per_minute
         if limit is not None:
             errors = self.errors_last_minute()
@@ -257,6 +265,8 @@ class MediaQuality:
             "corrupt_frames_total": self.corrupt_frames_total,
             "discont_flags_total": self.discont_flags_total,
             "media_errors_last_minute": self.errors_last_minute(),
+            "av_drift_ms": self.av_drift_ms,
+            "av_drift_max_ms": self.av_drift_max_ms,
         }
 
 

@@ -382,15 +382,18 @@ class StreamSupervisor:
         health = self.spec.health
         if pipeline is None or health.media_sample_seconds <= 0 or health.media_sample_interval_seconds <= 0:
             return
-        sampler = pipeline.media_sampler
+        sampler, audio = pipeline.media_sampler, pipeline.audio_sampler
         if sampler.active:
             if sampler.started_at is not None and now - sampler.started_at >= health.media_sample_seconds:
                 window = sampler.end(now)
+                audio_window = audio.end(now) if audio is not None and not pipeline.audio_dropped else None
                 if window is not None:
-                    self.media.add_window(window, caps_fps=pipeline.nominal_fps())
+                    self.media.add_window(window, caps_fps=pipeline.nominal_fps(), audio=audio_window)
         elif now >= self._next_sample_at:
             self._next_sample_at = now + health.media_sample_interval_seconds
             sampler.begin(now)
+            if audio is not None and not pipeline.audio_dropped:
+                audio.begin(now)
 
     def _check_quality(self, now: float) -> None:
         """PLAYING <-> DEGRADED from transport figures (RTSP) and media figures (all sources)."""

@@ -11,7 +11,10 @@ the window is judged on the loop thread when it ends (``analyze_window``, pure P
 - corrupt frames: buffers a parser or depayloader flagged ``CORRUPTED``;
 - discontinuity flags (``DISCONT``): informational — rtpjitterbuffer sets it after loss, and a
   looping file sets it at each wrap, which is not a fault;
-- the nominal frame rate: from the median frame interval (robust to a few lost frames).
+- the nominal frame rate: from the median frame interval (robust to a few lost frames);
+- audio/video drift, when the source has audio: a second sampler on the audio path, and the
+  difference of the two tracks' median (arrival time - timestamp): how much later audio arrives
+  than video for the same media time.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import statistics
 import threading
+import time
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -42,14 +46,16 @@ class MediaWindow:
     corrupt_frames: int
     discont_flags: int
     nominal_fps: float | None  # 1 / median frame interval of the window's timestamps
+    offset_ms: float | None = None  # median (arrival - timestamp): compared across tracks for drift
 
 
-def analyze_window(samples: list[tuple[int, int, int]], seconds: float) -> MediaWindow:
-    """``samples``: (pts, dts, flags) per frame in arrival order, GStreamer nanoseconds."""
-    stamps = [dts if dts != _NONE else pts for pts, dts, _flags in samples]
+def analyze_window(samples: list[tuple[int, int, int, int]], seconds: float) -> MediaWindow:
+    """``samples``: (pts, dts, flags, arrival) per frame in arrival order, nanoseconds."""
+    stamps = [dts if dts != _NONE else pts for pts, dts, _flags, _at in samples]
     stamps = [t for t in stamps if t != _NONE]
-    corrupt = sum(1 for _p, _d, flags in samples if flags & _CORRUPTED)
-    discont = sum(1 for _p, _d, flags in samples if flags & _DISCONT)
+    corrupt = sum(1 for _p, _d, flags, _at in samples if flags & _CORRUPTED)
+    discont = sum(1 for _p, _d, flags, _at in samples if flags & _DISCONT)
+    offsets = [at - pts for pts, _d, _f, at in samples if pts != _NONE]
     deltas = [b - a for a, b in pairwise(stamps)]
     forward = [d for d in deltas if d > 0]
     nominal_interval = statistics.median(forward) if forward else None
@@ -65,6 +71,7 @@ def analyze_window(samples: list[tuple[int, int, int]], seconds: float) -> Media
         corrupt_frames=corrupt,
         discont_flags=discont,
         nominal_fps=fps,
+        offset_ms=round(statistics.median(offsets) / Gst.MSECOND, 3) if offsets else None,
     )
 
 
@@ -75,7 +82,7 @@ class MediaSampler:
         self._pad: Gst.Pad | None = pad
         self.stream_id = stream_id
         self._probe_id = 0
-        self._samples: list[tuple[int, int, int]] = []
+        self._samples: list[tuple[int, int, int, int]] = []
         self._lock = threading.Lock()
         self.started_at: float | None = None
 
@@ -114,5 +121,6 @@ class MediaSampler:
         if buffer is not None:
             with self._lock:
                 if len(self._samples) < MAX_FRAMES_PER_WINDOW:
-                    self._samples.append((buffer.pts, buffer.dts, int(buffer.get_flags())))
+                    sample = (buffer.pts, buffer.dts, int(buffer.get_flags()), time.monotonic_ns())
+                    self._samples.append(sample)
         return Gst.PadProbeReturn.OK

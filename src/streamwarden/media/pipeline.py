@@ -109,6 +109,7 @@ class StreamPipeline:
         self.pipeline = Gst.Pipeline.new(f"{spec.id}-{generation}")
         self.tracks_known = False
         self.audio: AudioTap | None = None
+        self.audio_sampler: MediaSampler | None = None  # set when the source has audio
         self.audio_dropped = False
         self._paced = False
         self._audio_elements: list[Gst.Element] = []
@@ -239,6 +240,7 @@ class StreamPipeline:
         if not self.src_bin.link_pads("audio", elements[0], "sink"):
             raise RuntimeError("cannot link the source's audio pad")
         self._audio_meter = meter
+        self.audio_sampler = MediaSampler(_pad(meter, "src"), self.stream_id)
         self._audio_moved_at = time.monotonic()
         watch = weak_callback(self._watch_audio, dead=False)
         self._audio_timer = self._loop.timeout(_AUDIO_CHECK_SECONDS, watch)
@@ -414,6 +416,8 @@ class StreamPipeline:
         """Detach, let the branches finish (segments closed), then set NULL off the loop thread."""
         self.poll_meter()
         self.media_sampler.close()
+        if self.audio_sampler is not None:
+            self.audio_sampler.close()
         self.detach()
         pipeline = self.pipeline
         finishing = [
