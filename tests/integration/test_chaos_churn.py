@@ -175,3 +175,58 @@ def test_finalize_tolerates_a_part_another_job_finalized_meanwhile(
     assert winner is not None
     assert sorted(p.name for p in tmp_path.glob("cam-*")) == [Path(winner.path).name]
     assert winner.frames == count_frames(winner.path)
+
+
+def test_tracks_announced_after_dispose_began_attach_no_branch(gst_init: None, h264_mp4: Path) -> None:
+    """The source's announcement can already be queued on the loop when dispose() runs: found by
+    1,000 churn cycles leaking 1 in ~125 recorder branches (and their pipelines, 2 sockets each)."""
+    from streamwarden.health import FrameMeter
+    from streamwarden.media.loop import LoopThread
+    from streamwarden.media.pipeline import DisposalStats, StreamPipeline
+
+    attached: list[object] = []
+    disposed: list[object] = []
+
+    class Branch:
+        name = "fake"
+
+        def attach(self, *args: object) -> None:
+            attached.append(args)
+
+        def owns(self, _element: object) -> bool:
+            return False
+
+        def on_message(self, _message: object) -> None: ...
+
+        def on_error_sync(self) -> None: ...
+
+        def needs_finish(self) -> bool:
+            return False
+
+        def finish(self, *_args: object) -> None: ...
+
+        def disposed(self) -> None:
+            disposed.append(self)
+
+    loop = LoopThread("dispose-race")
+    loop.start()
+    try:
+        spec = file_spec("race", h264_mp4)
+
+        def build() -> StreamPipeline:
+            return StreamPipeline(
+                spec,
+                loop=loop,
+                meter=FrameMeter(),
+                on_first_frame=lambda: None,
+                on_failure=lambda _report: None,
+                branches=[Branch()],
+            )
+
+        pipeline = loop.call(build).result(5)
+        loop.call(lambda: pipeline.dispose(DisposalStats(), 5.0)).result(5)
+        loop.call(lambda: pipeline._tracks_known(None)).result(5)
+        wait_until(lambda: bool(disposed), 10, message="never disposed")
+        assert attached == []
+    finally:
+        loop.stop()

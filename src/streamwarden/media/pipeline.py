@@ -108,6 +108,7 @@ class StreamPipeline:
         self.start_error: ErrorReport | None = None  # why ``start`` returned False, when known
         self.pipeline = Gst.Pipeline.new(f"{spec.id}-{generation}")
         self.tracks_known = False
+        self._disposing = False  # dispose() began (loop thread): nothing may attach any more
         self.audio: AudioTap | None = None
         self.audio_sampler: MediaSampler | None = None  # set when the source has audio
         self.audio_dropped = False
@@ -199,6 +200,11 @@ class StreamPipeline:
         if self.tracks_known:
             return
         self.tracks_known = True
+        if self._disposing:
+            # Announced after dispose() began (the announcement was already queued on the loop):
+            # attaching now would hang branches on a pipeline going to NULL, after their
+            # disposed() ran, and keep them and the whole pipeline alive for good.
+            return
         if track is not None:
             try:
                 self.audio = self._build_audio(track)
@@ -384,7 +390,7 @@ class StreamPipeline:
         Before the source announced its tracks it is only listed: ``_tracks_known`` attaches it.
         """
         self.branches.append(branch)
-        if not self.tracks_known:
+        if not self.tracks_known or self._disposing:
             return
         try:
             branch.attach(self.pipeline, self.tee, None if self.audio_dropped else self.audio)
@@ -414,6 +420,7 @@ class StreamPipeline:
 
     def dispose(self, stats: DisposalStats, timeout: float, finalize_recording: bool = True) -> None:
         """Detach, let the branches finish (segments closed), then set NULL off the loop thread."""
+        self._disposing = True
         self.poll_meter()
         self.media_sampler.close()
         if self.audio_sampler is not None:
