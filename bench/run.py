@@ -1073,7 +1073,8 @@ def profile_section(bench: Bench) -> str:
             f"| {pyshaped:.4f} | {pyshaped / gst:.2f} | {pyshaped - shaped:+.4f} |",
             "| + 3 per-frame Python pad probes (read the buffer, its flags, size, the time; nothing else) "
             f"| {probes:.4f} | {probes / gst:.2f} | {probes - pyshaped:+.4f} |",
-            "| streamwarden (its own 3 per-frame probes, plus supervisor, health, recorder service, API) "
+            "| streamwarden (no per-frame Python: C counters polled 4 Hz, sampled media checks; "
+            "plus supervisor, recorder service, API) "
             f"| {sw:.4f} | {sw / gst:.2f} | {sw - probes:+.4f} |",
         ]
     tops = []

@@ -350,7 +350,7 @@ class CorrelationConfig(_Model):
     window_seconds: float = Field(default=30.0, gt=0, le=3600)
     min_streams: int = Field(default=3, ge=2, le=100_000)
     # When the group's probe stream is back, the others reconnect this far apart.
-    release_spread_seconds: float = Field(default=0.2, ge=0, le=60)
+    release_spread_seconds: float = Field(default=0.05, ge=0, le=60)
     error_rate_window_seconds: float = Field(default=60.0, gt=0, le=3600)
     error_rate_raise_per_minute: float = Field(default=6.0, gt=0)
     error_rate_clear_per_minute: float = Field(default=2.0, ge=0)
