@@ -334,10 +334,10 @@ class LimitsConfig(_Model):
     """
 
     max_streams: int | None = Field(default=None, ge=1, le=100_000)
-    max_memory_mb: float | None = Field(default=None, gt=0)
-    max_cpu_percent: float | None = Field(default=None, gt=0)
-    max_open_fds: int | None = Field(default=None, ge=1)
-    max_threads: int | None = Field(default=None, ge=1)
+    max_memory_mb: float | None = Field(default=None, gt=0, le=1_000_000_000)
+    max_cpu_percent: float | None = Field(default=None, gt=0, le=1_000_000)
+    max_open_fds: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    max_threads: int | None = Field(default=None, ge=1, le=1_000_000_000)
     clear_ratio: float = Field(default=0.9, gt=0, le=1)
     check_interval_seconds: float = Field(default=1.0, gt=0, le=3600)
     # One shedding (or restoring) step at most this often, so each step's effect is measured.
