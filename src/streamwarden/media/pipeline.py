@@ -259,10 +259,9 @@ class StreamPipeline:
         if meter is None or self.audio_dropped:
             self._audio_timer = None
             return False
-        stats = meter.get_property("stats")
-        ok, count = stats.get_uint64("num-buffers") if stats is not None else (False, 0)
+        count, _size = element_counts(meter)
         now = time.monotonic()
-        if ok and count != self._audio_buffers:
+        if count != self._audio_buffers:
             self._audio_buffers = count
             self._audio_moved_at = now
             return True
